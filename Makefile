@@ -1,0 +1,47 @@
+# One entry point for set-up, lint, types, tests, demo and benchmarks.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PACKAGES := ledger streams projections primeledger
+
+.PHONY: install lint typecheck test demo bench up down status clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(PACKAGES) tests bench
+	$(BIN)/ruff format --check $(PACKAGES) tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy $(PACKAGES)
+
+test: lint typecheck
+	$(BIN)/pytest
+
+demo: $(STAMP)
+	$(BIN)/primeledger demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.write
+	$(BIN)/python -m bench.relay
+	$(BIN)/python -m bench.lag
+	$(BIN)/python -m bench.replay
+
+up: $(STAMP)
+	$(BIN)/primeledger up
+
+down: $(STAMP)
+	$(BIN)/primeledger down
+
+status: $(STAMP)
+	$(BIN)/primeledger status
+
+clean:
+	rm -rf $(VENV) .primeledger .mypy_cache .ruff_cache

@@ -1,0 +1,256 @@
+"""Commands: the write side's public input, one pydantic model per command.
+
+Every command carries ``key``, the client-chosen idempotency key. Amounts are decimal strings
+(parsed by ``ledger.money`` against the asset's scale in the decider, so that a bad amount is a
+rejection with a code, not a schema error). ``parse_command`` turns any input - a dict from
+JSON, the CLI or the Python API - into a model or a ``Rejection('invalid_command')`` that
+names the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from ledger.errors import Rejection
+
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+Key = Annotated[str, Field(min_length=1, max_length=200)]
+AssetCode = Annotated[str, Field(pattern=r"^[A-Z0-9]{2,10}$")]
+DecimalText = Annotated[str, Field(min_length=1, max_length=80)]
+Reference = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    key: Key
+
+
+class OpenClient(_Command):
+    """Open a client with its first sub-accounts."""
+
+    type: Literal["open_client"] = "open_client"
+    client: Id
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    sub_accounts: Annotated[list[Id], Field(min_length=1, max_length=100)]
+
+
+class OpenSubAccount(_Command):
+    type: Literal["open_sub_account"] = "open_sub_account"
+    client: Id
+    sub_account: Id
+
+
+class DepositFiat(_Command):
+    """A bank transfer into a segregated trust bank account, credited at once."""
+
+    type: Literal["deposit_fiat"] = "deposit_fiat"
+    client: Id
+    sub_account: Id
+    asset: AssetCode
+    amount: DecimalText
+    bank_reference: Reference
+    bank: Id = "trust-bank-1"
+
+
+class DetectCryptoDeposit(_Command):
+    """An on-chain transfer to a client deposit address, seen but not yet confirmed."""
+
+    type: Literal["detect_crypto_deposit"] = "detect_crypto_deposit"
+    client: Id
+    sub_account: Id
+    asset: AssetCode
+    amount: DecimalText
+    chain: Id
+    tx_hash: Reference
+    required_confirmations: Annotated[int, Field(ge=1, le=1000)]
+    wallet: Id = "hot-1"
+
+
+class ConfirmCryptoDeposit(_Command):
+    """New confirmation count for a pending deposit; credits it once enough."""
+
+    type: Literal["confirm_crypto_deposit"] = "confirm_crypto_deposit"
+    tx_hash: Reference
+    confirmations: Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class ReorgCryptoDeposit(_Command):
+    """The chain reorganised and the transaction is gone: cancel the pending deposit."""
+
+    type: Literal["reorg_crypto_deposit"] = "reorg_crypto_deposit"
+    tx_hash: Reference
+
+
+class WhitelistDestination(_Command):
+    """Add a bank account (fiat) or wallet address (virtual asset) a client may withdraw to."""
+
+    type: Literal["whitelist_destination"] = "whitelist_destination"
+    client: Id
+    destination: Id
+    asset: AssetCode
+    address: Reference
+
+
+class RequestWithdrawal(_Command):
+    """Hold funds for a withdrawal to a whitelisted destination, pending M-of-N approval."""
+
+    type: Literal["request_withdrawal"] = "request_withdrawal"
+    withdrawal: Id
+    client: Id
+    sub_account: Id
+    asset: AssetCode
+    amount: DecimalText
+    destination: Id
+    requester: Id
+    approvers: Annotated[list[Id], Field(min_length=1, max_length=20)]
+    approvals_required: Annotated[int, Field(ge=1, le=20)]
+    expires_at: datetime
+
+
+class ApproveWithdrawal(_Command):
+    type: Literal["approve_withdrawal"] = "approve_withdrawal"
+    withdrawal: Id
+    approver: Id
+
+
+class ExecuteWithdrawal(_Command):
+    """Pay out an approved withdrawal from custody or the trust bank."""
+
+    type: Literal["execute_withdrawal"] = "execute_withdrawal"
+    withdrawal: Id
+    network_reference: Reference
+
+
+class RejectWithdrawal(_Command):
+    type: Literal["reject_withdrawal"] = "reject_withdrawal"
+    withdrawal: Id
+    by: Id
+    reason: Reference
+
+
+class ExpireWithdrawal(_Command):
+    type: Literal["expire_withdrawal"] = "expire_withdrawal"
+    withdrawal: Id
+
+
+class Transfer(_Command):
+    """Move funds between two sub-accounts of the same client."""
+
+    type: Literal["transfer"] = "transfer"
+    client: Id
+    from_sub_account: Id
+    to_sub_account: Id
+    asset: AssetCode
+    amount: DecimalText
+
+
+class PlaceHold(_Command):
+    """Phase one of a two-phase payment: reserve funds for a payee."""
+
+    type: Literal["place_hold"] = "place_hold"
+    hold: Id
+    client: Id
+    sub_account: Id
+    asset: AssetCode
+    amount: DecimalText
+    payee: Annotated[str, Field(pattern=r"^(house:[a-z_]+|counterparty:[A-Za-z0-9_.\-]{1,64})$")]
+    expires_at: datetime
+
+
+class PostHold(_Command):
+    """Phase two: pay the payee up to the held amount; any remainder is released."""
+
+    type: Literal["post_hold"] = "post_hold"
+    hold: Id
+    amount: DecimalText | None = None
+
+
+class VoidHold(_Command):
+    type: Literal["void_hold"] = "void_hold"
+    hold: Id
+
+
+class ExpireHold(_Command):
+    type: Literal["expire_hold"] = "expire_hold"
+    hold: Id
+
+
+class ChargeFee(_Command):
+    """Charge a client a fee, booked to the house's fee income."""
+
+    type: Literal["charge_fee"] = "charge_fee"
+    client: Id
+    sub_account: Id
+    asset: AssetCode
+    amount: DecimalText
+    fee_type: Literal["trading", "custody", "withdrawal", "account", "other"]
+
+
+class ReverseEvent(_Command):
+    """Correct an earlier event by posting its exact opposite (never an edit)."""
+
+    type: Literal["reverse_event"] = "reverse_event"
+    position: Annotated[int, Field(ge=1)]
+    reason: Reference
+
+
+class SetMark(_Command):
+    """A mark price for an asset in a quote asset (from a price feed or a file)."""
+
+    type: Literal["set_mark"] = "set_mark"
+    asset: AssetCode
+    quote: AssetCode
+    price: DecimalText
+
+
+Command = Annotated[
+    OpenClient
+    | OpenSubAccount
+    | DepositFiat
+    | DetectCryptoDeposit
+    | ConfirmCryptoDeposit
+    | ReorgCryptoDeposit
+    | WhitelistDestination
+    | RequestWithdrawal
+    | ApproveWithdrawal
+    | ExecuteWithdrawal
+    | RejectWithdrawal
+    | ExpireWithdrawal
+    | Transfer
+    | PlaceHold
+    | PostHold
+    | VoidHold
+    | ExpireHold
+    | ChargeFee
+    | ReverseEvent
+    | SetMark,
+    Field(discriminator="type"),
+]
+
+COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+COMMAND_TYPES: tuple[str, ...] = tuple(
+    m.model_fields["type"].default for m in _Command.__subclasses__()
+)
+
+
+def parse_command(raw: Any) -> Command:
+    """A command model from a dict (or model); ``Rejection('invalid_command')`` names the field."""
+    if isinstance(raw, _Command):
+        return raw  # type: ignore[return-value]
+    try:
+        return COMMAND_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "command"
+        raise Rejection("invalid_command", f"{where}: {first['msg']}") from None
+
+
+def command_hash(command: Command) -> str:
+    """SHA-256 of the canonical command: what an idempotency key is bound to."""
+    body = command.model_dump(mode="json")
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()

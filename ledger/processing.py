@@ -1,0 +1,148 @@
+"""One command through the writer: idempotency, decide, seal, apply. No I/O here.
+
+``Processor.process`` is what the single writer runs for each command of a batch; the
+property tests run exactly this code against the in-memory state, and the writer adds only
+batching and the store around it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.commands import Command, command_hash, parse_command
+from ledger.decide import DECIDERS, Context
+from ledger.errors import Rejection
+from ledger.journal import Entry, open_sealed, seal
+from ledger.results import CommandResult
+from ledger.state import LedgerState
+from ledger.store import CommandRecord
+
+RECENT_ENTRIES = 50_000  # sealed entries kept for reversals before falling back to the store
+# Idempotency records kept in memory; older ones are found in the store, one query per batch.
+KNOWN_KEYS = 200_000
+
+
+@dataclass
+class Outcome:
+    """The result of one command plus what must be written for it."""
+
+    result: CommandResult
+    events: list[tuple[int, str, bytes]] = field(default_factory=list)
+    record: CommandRecord | None = None
+
+
+class Processor:
+    """Decides commands against ``state`` and applies the events it seals, in order."""
+
+    def __init__(
+        self,
+        ledger: str,
+        state: LedgerState,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        load_body: Callable[[int], bytes | None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.state = state
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.load_body = load_body
+        self.known: OrderedDict[str, CommandRecord] = OrderedDict()
+        self.recent: OrderedDict[int, Entry] = OrderedDict()
+        self._last_time = datetime.min.replace(tzinfo=UTC)
+
+    def lookup(self, position: int) -> Entry | None:
+        entry = self.recent.get(position)
+        if entry is None and self.load_body is not None:
+            body = self.load_body(position)
+            entry = open_sealed(body) if body is not None else None
+        return entry
+
+    def now(self) -> datetime:
+        # Event times never go backwards along the log, so "as of" queries are well defined.
+        now = self.clock()
+        if now < self._last_time:
+            now = self._last_time
+        self._last_time = now
+        return now
+
+    def process(self, raw: Mapping[str, Any] | Command) -> Outcome:
+        try:
+            command = parse_command(raw)
+        except Rejection as rejection:
+            key = str(raw.get("key", "")) if isinstance(raw, Mapping) else ""
+            # A command that fails its schema has no canonical form; nothing is recorded.
+            return Outcome(
+                CommandResult(key, "rejected", code=rejection.code, message=rejection.message)
+            )
+        digest = command_hash(command)
+        known = self.known.get(command.key)
+        if known is not None:
+            if known.command_hash != digest:
+                return Outcome(
+                    CommandResult(
+                        command.key,
+                        "rejected",
+                        code="idempotency_conflict",
+                        message="key: used before for a different command",
+                    )
+                )
+            return Outcome(CommandResult.from_json(known.result, replayed=True))
+        now = self.now()
+        try:
+            drafts = DECIDERS[command.type](self.state, command, Context(now, self.lookup))
+        except Rejection as rejection:
+            result = CommandResult(
+                command.key, "rejected", code=rejection.code, message=rejection.message
+            )
+            return self._remember(Outcome(result), digest)
+        time = now.isoformat()
+        outcome = Outcome(CommandResult(command.key, "accepted"))
+        positions, types = [], []
+        for event_type, data, postings in drafts:
+            position = self.state.position + 1
+            body, digest_event = seal(
+                ledger=self.ledger,
+                position=position,
+                event_type=event_type,
+                time=time,
+                key=command.key,
+                data=data,
+                postings=postings,
+                prev=self.state.head_hash,
+            )
+            entry = Entry(
+                position,
+                event_type,
+                time,
+                command.key,
+                data,
+                postings,
+                self.state.head_hash,
+                digest_event,
+            )
+            self.state.apply(entry)
+            self._keep(entry)
+            outcome.events.append((position, event_type, body))
+            positions.append(position)
+            types.append(event_type)
+        outcome.result = CommandResult(
+            command.key, "accepted", positions=tuple(positions), event_types=tuple(types)
+        )
+        return self._remember(outcome, digest)
+
+    def _remember(self, outcome: Outcome, digest: str) -> Outcome:
+        record = CommandRecord(outcome.result.key, digest, outcome.result.to_json())
+        self.known[record.key] = record
+        if len(self.known) > KNOWN_KEYS:
+            self.known.popitem(last=False)
+        outcome.record = record
+        return outcome
+
+    def _keep(self, entry: Entry) -> None:
+        self.recent[entry.position] = entry
+        if len(self.recent) > RECENT_ENTRIES:
+            self.recent.popitem(last=False)
