@@ -10,7 +10,7 @@ names the field.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -208,6 +208,166 @@ class SetMark(_Command):
     price: DecimalText
 
 
+# --- trading and settlement ----------------------------------------------------------------
+Side = Literal["buy", "sell"]
+Settlement = Literal["T+0", "T+1"]
+Bps = Annotated[int, Field(ge=0, le=10_000)]
+
+
+class SetFeeSchedule(_Command):
+    """Fee rates of a client tier, in basis points."""
+
+    type: Literal["set_fee_schedule"] = "set_fee_schedule"
+    tier: Id
+    maker_bps: Bps
+    taker_bps: Bps
+    otc_spread_bps: Bps
+    custody_bps_per_year: Bps = 0
+
+
+class SetClientTier(_Command):
+    type: Literal["set_client_tier"] = "set_client_tier"
+    client: Id
+    tier: Id
+
+
+class SetHolidays(_Command):
+    """The holiday calendar of a fiat currency (T+1 skips weekends and these dates)."""
+
+    type: Literal["set_holidays"] = "set_holidays"
+    currency: AssetCode
+    dates: Annotated[list[date], Field(max_length=400)]
+
+
+class RequestQuote(_Command):
+    """A client asks liquidity providers for a price (RFQ)."""
+
+    type: Literal["request_quote"] = "request_quote"
+    rfq: Id
+    client: Id
+    sub_account: Id
+    side: Side
+    base: AssetCode
+    quote: AssetCode
+    quantity: DecimalText
+    settlement: Settlement = "T+0"
+
+
+class SubmitQuote(_Command):
+    """A liquidity provider's firm quote for an open RFQ, valid for a few seconds."""
+
+    type: Literal["submit_quote"] = "submit_quote"
+    rfq: Id
+    quote_id: Id
+    provider: Id
+    price: DecimalText
+    valid_until: datetime
+
+
+class AcceptQuote(_Command):
+    """Book the trade at a quote's locked price: the named one, or the best valid one."""
+
+    type: Literal["accept_quote"] = "accept_quote"
+    rfq: Id
+    quote_id: Id | None = None
+
+
+class PlaceOrder(_Command):
+    """A fully pre-funded limit order on the local or the shared order book."""
+
+    type: Literal["place_order"] = "place_order"
+    order: Id
+    client: Id
+    sub_account: Id
+    side: Side
+    base: AssetCode
+    quote: AssetCode
+    quantity: DecimalText
+    limit_price: DecimalText
+    book: Literal["local", "shared"] = "local"
+    participant: Literal["client", "affiliated_market_maker"] = "client"
+
+
+class CancelOrder(_Command):
+    type: Literal["cancel_order"] = "cancel_order"
+    order: Id
+
+
+class RecordFill(_Command):
+    """A fill from the matching engine; local-book fills settle at once (T+0)."""
+
+    type: Literal["record_fill"] = "record_fill"
+    order: Id
+    fill: Id
+    price: DecimalText
+    quantity: DecimalText
+    liquidity: Literal["maker", "taker"]
+    counterparty: Id
+
+
+class SetSharedBookLimit(_Command):
+    """The cap on unsettled shared-order-book value (reserve fund plus insurance)."""
+
+    type: Literal["set_shared_book_limit"] = "set_shared_book_limit"
+    asset: AssetCode
+    limit: DecimalText
+
+
+class SettleTrade(_Command):
+    """Settle both legs of a due trade in one event (DVP), or retry after a fail."""
+
+    type: Literal["settle_trade"] = "settle_trade"
+    trade: Id
+
+
+class SettleNet(_Command):
+    """Settle every due open trade with a counterparty up to a value date, netted."""
+
+    type: Literal["settle_net"] = "settle_net"
+    counterparty: Id
+    value_date: date
+
+
+class FailSettlement(_Command):
+    """Record that a settlement attempt failed; the trade stays open and ages."""
+
+    type: Literal["fail_settlement"] = "fail_settlement"
+    trade: Id
+    reason: Reference
+
+
+class CancelTrade(_Command):
+    """Cancel an open trade by posting the opposite of its booking."""
+
+    type: Literal["cancel_trade"] = "cancel_trade"
+    trade: Id
+    reason: Reference
+
+
+class MoveCustody(_Command):
+    """Request a move between hot and cold wallets (executed on a checker's approval)."""
+
+    type: Literal["move_custody"] = "move_custody"
+    move: Id
+    asset: AssetCode
+    amount: DecimalText
+    from_wallet: Annotated[str, Field(pattern=r"^custody:(hot|cold):[A-Za-z0-9_.\-]{1,64}$")]
+    to_wallet: Annotated[str, Field(pattern=r"^custody:(hot|cold):[A-Za-z0-9_.\-]{1,64}$")]
+    requester: Id
+
+
+class ApproveCustodyMove(_Command):
+    type: Literal["approve_custody_move"] = "approve_custody_move"
+    move: Id
+    approver: Id
+
+
+class CheckTrustRules(_Command):
+    """Check the 98% cold-storage rule and the compensation cover now."""
+
+    type: Literal["check_trust_rules"] = "check_trust_rules"
+
+
 Command = Annotated[
     OpenClient
     | OpenSubAccount
@@ -228,7 +388,24 @@ Command = Annotated[
     | ExpireHold
     | ChargeFee
     | ReverseEvent
-    | SetMark,
+    | SetMark
+    | SetFeeSchedule
+    | SetClientTier
+    | SetHolidays
+    | RequestQuote
+    | SubmitQuote
+    | AcceptQuote
+    | PlaceOrder
+    | CancelOrder
+    | RecordFill
+    | SetSharedBookLimit
+    | SettleTrade
+    | SettleNet
+    | FailSettlement
+    | CancelTrade
+    | MoveCustody
+    | ApproveCustodyMove
+    | CheckTrustRules,
     Field(discriminator="type"),
 ]
 

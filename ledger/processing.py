@@ -14,13 +14,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.commands import Command, command_hash, parse_command
-from ledger.decide import DECIDERS, Context
+from ledger.decide import DECIDERS, Context, Draft
+from ledger.decide_trading import TRADING_DECIDERS, trust_alerts
 from ledger.errors import Rejection
 from ledger.journal import Entry, open_sealed, seal
 from ledger.results import CommandResult
 from ledger.state import LedgerState
 from ledger.store import CommandRecord
 
+ALL_DECIDERS = {**DECIDERS, **TRADING_DECIDERS}
 RECENT_ENTRIES = 50_000  # sealed entries kept for reversals before falling back to the store
 # Idempotency records kept in memory; older ones are found in the store, one query per batch.
 KNOWN_KEYS = 200_000
@@ -93,12 +95,13 @@ class Processor:
             return Outcome(CommandResult.from_json(known.result, replayed=True))
         now = self.now()
         try:
-            drafts = DECIDERS[command.type](self.state, command, Context(now, self.lookup))
+            drafts = ALL_DECIDERS[command.type](self.state, command, Context(now, self.lookup))
         except Rejection as rejection:
             result = CommandResult(
                 command.key, "rejected", code=rejection.code, message=rejection.message
             )
             return self._remember(Outcome(result), digest)
+        drafts = drafts + self._custody_checks(drafts)
         time = now.isoformat()
         outcome = Outcome(CommandResult(command.key, "accepted"))
         positions, types = [], []
@@ -133,6 +136,12 @@ class Processor:
             command.key, "accepted", positions=tuple(positions), event_types=tuple(types)
         )
         return self._remember(outcome, digest)
+
+    def _custody_checks(self, drafts: list[Draft]) -> list[Draft]:
+        """After every event that moves custody holdings, check the 98% cold rule."""
+        postings = tuple(p for _, _, ps in drafts for p in ps)
+        touched = {code for account, code, _ in postings if account.startswith("custody:")}
+        return trust_alerts(self.state, touched, postings) if touched else []
 
     def _remember(self, outcome: Outcome, digest: str) -> Outcome:
         record = CommandRecord(outcome.result.key, digest, outcome.result.to_json())

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from ledger.journal import GENESIS_HASH, Entry, Posting
+from ledger.trading import TRADING_APPLIERS, TradingState
 
 Data = Mapping[str, Any]
 
@@ -31,6 +32,7 @@ class LedgerState:
     holds: dict[str, dict[str, Any]] = field(default_factory=dict)
     reversed: set[int] = field(default_factory=set)
     marks: dict[str, str] = field(default_factory=dict)  # "BTC/USD" -> price
+    trading: TradingState = field(default_factory=TradingState)
 
     def balance(self, account: str, asset: str) -> int:
         """The posting sum of an account in an asset (credit-normal accounts are negative)."""
@@ -65,6 +67,7 @@ class LedgerState:
                 "holds": self.holds,
                 "reversed": sorted(self.reversed),
                 "marks": self.marks,
+                "trading": self.trading.to_dict(),
             }
         )
 
@@ -83,6 +86,7 @@ class LedgerState:
             holds=body["holds"],
             reversed=set(body["reversed"]),
             marks=body.get("marks", {}),
+            trading=TradingState.from_dict(body.get("trading", {})),
         )
 
 
@@ -178,3 +182,12 @@ _APPLIERS: dict[str, Callable[[LedgerState, Data, tuple[Posting, ...]], None]] =
     "event_reversed": _event_reversed,
     "mark_set": _mark_set,
 }
+
+
+def _trading(
+    apply: Callable[[TradingState, Data], None],
+) -> Callable[[LedgerState, Data, tuple[Posting, ...]], None]:
+    return lambda state, data, _: apply(state.trading, data)
+
+
+_APPLIERS.update({name: _trading(apply) for name, apply in TRADING_APPLIERS.items()})
