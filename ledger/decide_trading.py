@@ -267,7 +267,8 @@ def _open_trade(state: LedgerState, trade: str) -> dict[str, Any]:
 
 
 def settle_trade(state: LedgerState, cmd: c.SettleTrade, ctx: Context) -> list[Draft]:
-    """Rejections: unknown_trade, trade_not_open, settlement_not_due."""
+    """Rejections: unknown_trade, trade_not_open, settlement_not_due,
+    insufficient_wallet_balance."""
     found = _open_trade(state, cmd.trade)
     if ctx.now.date().isoformat() < found["value_date"]:
         raise Rejection("settlement_not_due", f"trade: value date is {found['value_date']}")
@@ -279,11 +280,13 @@ def settle_trade(state: LedgerState, cmd: c.SettleTrade, ctx: Context) -> list[D
         "value_date": found["value_date"],
         "mode": "gross",
     }
-    return [("trade_settled", data, settlement_postings(found))]
+    postings = settlement_postings(found)
+    _wallets_cover(state, postings)
+    return [("trade_settled", data, postings)]
 
 
 def settle_net(state: LedgerState, cmd: c.SettleNet, ctx: Context) -> list[Draft]:
-    """Rejections: settlement_not_due, no_trades_due."""
+    """Rejections: settlement_not_due, no_trades_due, insufficient_wallet_balance."""
     day = cmd.value_date.isoformat()
     if ctx.now.date() < cmd.value_date:
         raise Rejection("settlement_not_due", f"value_date: {day} is in the future")
@@ -300,6 +303,7 @@ def settle_net(state: LedgerState, cmd: c.SettleNet, ctx: Context) -> list[Draft
     if not due:
         raise Rejection("no_trades_due", f"counterparty: nothing open with {cmd.counterparty!r}")
     postings = merge(*(settlement_postings(t) for t in due))
+    _wallets_cover(state, postings)
     data = {
         "counterparty": cmd.counterparty,
         "value_date": day,
@@ -307,6 +311,16 @@ def settle_net(state: LedgerState, cmd: c.SettleNet, ctx: Context) -> list[Draft
         "mode": "net",
     }
     return [("trades_net_settled", data, postings)]
+
+
+def _wallets_cover(state: LedgerState, postings: tuple[Posting, ...]) -> None:
+    """A wallet cannot deliver what it does not hold: move it from cold first."""
+    for account, code, units in postings:
+        if account.startswith("custody:") and state.balance(account, code) + units < 0:
+            raise Rejection(
+                "insufficient_wallet_balance",
+                f"trade: {account} holds too little {code} to deliver; move it from cold first",
+            )
 
 
 def fail_settlement(state: LedgerState, cmd: c.FailSettlement, ctx: Context) -> list[Draft]:
@@ -553,7 +567,9 @@ def trust_position(
     for account, units in delta.items():
         _add(sums, account, units)
     liabilities, hot, cold = sums["clients"], sums["hot"], sums["cold"]
-    cold_ok = liabilities == 0 or Fraction(cold, liabilities) >= COLD_RULE
+    # The rule is about where client assets sit: cold / (hot + cold) >= 98%.
+    held = hot + cold
+    cold_ok = held <= 0 or Fraction(cold, held) >= COLD_RULE
     return {
         "asset": code,
         "client_liabilities": str(liabilities),
