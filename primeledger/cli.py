@@ -23,7 +23,7 @@ from rich.table import Table
 from ledger.application import Ledger
 from ledger.audit import verify_ledger
 from ledger.errors import LedgerFaultError
-from primeledger import services
+from primeledger import docs, services
 from primeledger.output import Format, emit
 from primeledger.settings import load_settings
 from projections import reports
@@ -163,6 +163,13 @@ def verify() -> None:
     )
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def schema(out: Path = typer.Option(docs.SCHEMAS_DIR, help="directory for the files")) -> None:
+    """Write the JSON schemas of the public command and event formats."""
+    for path in docs.write_schemas(out):
+        console.print(f"wrote {path}")
 
 
 # --- Reports ---------------------------------------------------------------------------------
