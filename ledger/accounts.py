@@ -74,8 +74,9 @@ _ACCOUNT = re.compile(
 )
 
 
-def client_account(client: str, sub_account: str, bucket: Bucket = Bucket.AVAILABLE) -> str:
-    return f"client:{client}:{sub_account}:{bucket.value}"
+def client_account(client: str, sub_account: str, bucket: str = "available") -> str:
+    """``bucket`` is a ``Bucket`` (a str enum, formatted as its value) or its value."""
+    return f"client:{client}:{sub_account}:{bucket}"
 
 
 def house_account(purpose: str) -> str:

@@ -13,7 +13,6 @@ import hashlib
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ledger.errors import Rejection
@@ -429,5 +428,5 @@ def parse_command(raw: Any) -> Command:
 
 def command_hash(command: Command) -> str:
     """SHA-256 of the canonical command: what an idempotency key is bound to."""
-    body = command.model_dump(mode="json")
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    # Field order is fixed by the model, so pydantic's own JSON is already canonical.
+    return hashlib.sha256(command.__pydantic_serializer__.to_json(command)).hexdigest()

@@ -90,21 +90,30 @@ def seal(
 
 def open_sealed(raw: bytes, *, prev: str | None = None) -> Entry:
     """Parse a stored body, checking its hash, its link to ``prev`` and its balance."""
-    body = orjson.loads(raw)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise LedgerFaultError(f"stored event is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise LedgerFaultError("stored event is not a JSON object")
     digest = body.pop("hash", None)
     if hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest() != digest:
         raise LedgerFaultError(f"event {body.get('position')}: hash does not match its content")
-    if prev is not None and body["prev"] != prev:
-        raise LedgerFaultError(f"event {body['position']}: chain broken (prev does not match)")
-    postings = tuple((p["account"], p["asset"], int(p["units"])) for p in body["postings"])
+    try:
+        if prev is not None and body["prev"] != prev:
+            raise LedgerFaultError(f"event {body['position']}: chain broken (prev does not match)")
+        postings = tuple((p["account"], p["asset"], int(p["units"])) for p in body["postings"])
+        entry = Entry(
+            position=body["position"],
+            type=body["type"],
+            time=body["time"],
+            key=body["key"],
+            data=body["data"],
+            postings=postings,
+            prev=body["prev"],
+            hash=digest,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LedgerFaultError(f"stored event lacks a well-formed field: {exc}") from None
     check_balanced(postings)
-    return Entry(
-        position=body["position"],
-        type=body["type"],
-        time=body["time"],
-        key=body["key"],
-        data=body["data"],
-        postings=postings,
-        prev=body["prev"],
-        hash=digest,
-    )
+    return entry

@@ -85,6 +85,8 @@ def parse_units(text: str, asset_code: str, *, field: str = "amount") -> int:
         )
     sign, whole, frac = match.groups()
     frac = frac or ""
+    if len(whole) > 40:  # before int(): Python refuses to parse very long digit strings
+        raise MoneyError("invalid_amount", f"{field}: {text[:20]!r}... is larger than allowed")
     if len(frac) > scale:
         raise MoneyError(
             "invalid_amount",
@@ -104,9 +106,16 @@ def parse_positive_units(text: str, asset_code: str, *, field: str = "amount") -
     return units
 
 
+_FORMATS: Final[dict[str, tuple[int, str]]] = {
+    code: (10**a.scale, f"0{a.scale}d") for code, a in ASSETS.items()
+}
+
+
 def format_units(units: int, asset_code: str) -> str:
     """Integer minor units as a decimal string with exactly the asset's scale."""
-    scale = asset(asset_code).scale
-    sign = "-" if units < 0 else ""
-    whole, frac = divmod(abs(units), 10**scale)
-    return f"{sign}{whole}.{frac:0{scale}d}" if scale else f"{sign}{whole}"
+    found = _FORMATS.get(asset_code)
+    if found is None:
+        asset(asset_code)  # raises unknown_asset
+    one, spec = found  # type: ignore[misc]
+    whole, frac = divmod(-units if units < 0 else units, one)
+    return f"{'-' if units < 0 else ''}{whole}.{frac:{spec}}"

@@ -103,7 +103,7 @@ class Processor:
             return self._remember(Outcome(result), digest)
         drafts = drafts + self._custody_checks(drafts)
         time = now.isoformat()
-        outcome = Outcome(CommandResult(command.key, "accepted"))
+        events: list[tuple[int, str, bytes]] = []
         positions, types = [], []
         for event_type, data, postings in drafts:
             position = self.state.position + 1
@@ -129,13 +129,13 @@ class Processor:
             )
             self.state.apply(entry)
             self._keep(entry)
-            outcome.events.append((position, event_type, body))
+            events.append((position, event_type, body))
             positions.append(position)
             types.append(event_type)
-        outcome.result = CommandResult(
+        result = CommandResult(
             command.key, "accepted", positions=tuple(positions), event_types=tuple(types)
         )
-        return self._remember(outcome, digest)
+        return self._remember(Outcome(result, events), digest)
 
     def _custody_checks(self, drafts: list[Draft]) -> list[Draft]:
         """After every event that moves custody holdings, check the 98% cold rule."""

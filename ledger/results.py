@@ -8,7 +8,7 @@ from typing import Any, Literal
 import orjson
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: it is built once per command on the hot path
 class CommandResult:
     key: str
     status: Literal["accepted", "rejected"]
