@@ -218,13 +218,23 @@ class Ledger:
         expected_head = processor.state.position
         events: list[tuple[int, str, bytes]] = []
         records: list[CommandRecord] = []
-        for ticket in tickets:
-            for raw in ticket.commands:
-                outcome = processor.process(raw)
-                ticket.results.append(outcome.result)
-                events.extend(outcome.events)
-                if outcome.record is not None and not outcome.result.replayed:
-                    records.append(outcome.record)
+        try:
+            for ticket in tickets:
+                for raw in ticket.commands:
+                    outcome = processor.process(raw)
+                    ticket.results.append(outcome.result)
+                    events.extend(outcome.events)
+                    if outcome.record is not None and not outcome.result.replayed:
+                        records.append(outcome.record)
+        except Exception as exc:
+            # A bug, not a rejection: the state may hold part of this batch, so none of it is
+            # written, every caller in it hears of the fault, and the state is rebuilt.
+            log.exception("ledger %s: a command raised instead of deciding", self.name)
+            self._settle()
+            self._reload = True
+            for ticket in tickets:
+                ticket.finish(LedgerFaultError(f"command not carried out: {exc!r}"))
+            return
         snapshot = None
         position = processor.state.position
         if position - self._last_snapshot >= self.snapshot_every:

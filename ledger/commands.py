@@ -10,10 +10,10 @@ names the field.
 from __future__ import annotations
 
 import hashlib
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ledger.errors import Rejection
 
@@ -108,7 +108,7 @@ class RequestWithdrawal(_Command):
     requester: Id
     approvers: Annotated[list[Id], Field(min_length=1, max_length=20)]
     approvals_required: Annotated[int, Field(ge=1, le=20)]
-    expires_at: datetime
+    expires_at: AwareDatetime
 
 
 class ApproveWithdrawal(_Command):
@@ -158,7 +158,7 @@ class PlaceHold(_Command):
     asset: AssetCode
     amount: DecimalText
     payee: Annotated[str, Field(pattern=r"^(house:[a-z_]+|counterparty:[A-Za-z0-9_.\-]{1,64})$")]
-    expires_at: datetime
+    expires_at: AwareDatetime
 
 
 class PostHold(_Command):
@@ -260,7 +260,7 @@ class SubmitQuote(_Command):
     quote_id: Id
     provider: Id
     price: DecimalText
-    valid_until: datetime
+    valid_until: AwareDatetime
 
 
 class AcceptQuote(_Command):
@@ -422,7 +422,10 @@ def parse_command(raw: Any) -> Command:
         return COMMAND_ADAPTER.validate_python(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "command"
+        loc = first["loc"]
+        if len(loc) > 1 and isinstance(raw, dict) and loc[0] == raw.get("type"):
+            loc = loc[1:]  # the union's tag: the field is what the caller needs to see
+        where = ".".join(str(p) for p in loc) or "command"
         raise Rejection("invalid_command", f"{where}: {first['msg']}") from None
 
 

@@ -6,6 +6,7 @@ As in ``ledger.decide``, each docstring lists the rejection codes in precedence 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
@@ -17,12 +18,14 @@ from ledger.journal import Posting
 from ledger.money import asset, format_units
 from ledger.state import LedgerState
 from ledger.trading import (
+    BPS,
     booking_postings,
     fee_units,
     merge,
     notional,
     parse_price,
     reverse,
+    round_half_up,
     settlement_postings,
     trade_money,
     value_date,
@@ -126,11 +129,12 @@ def _best(rfq: dict[str, Any], valid: list[dict[str, Any]]) -> dict[str, Any] | 
 
 
 def accept_quote(state: LedgerState, cmd: c.AcceptQuote, ctx: Context) -> list[Draft]:
-    """Rejections: unknown_rfq, quote_used, unknown_quote, quote_expired, insufficient_funds."""
+    """Rejections: unknown_rfq, quote_used, unknown_quote, quote_expired, invalid_amount,
+    insufficient_funds, insufficient_wallet_balance."""
     rfq = _open_rfq(state, cmd.rfq)
-    now = ctx.now.isoformat()
+    now = ctx.now
     quotes = list(rfq["quotes"].values())
-    valid = [q for q in quotes if q["valid_until"] > now]
+    valid = [q for q in quotes if datetime.fromisoformat(q["valid_until"]) > now]
     best = _best(rfq, valid)
     if cmd.quote_id is None:
         if best is None:
@@ -140,7 +144,7 @@ def accept_quote(state: LedgerState, cmd: c.AcceptQuote, ctx: Context) -> list[D
         chosen = rfq["quotes"].get(cmd.quote_id)
         if chosen is None:
             raise Rejection("unknown_quote", f"quote_id: no quote {cmd.quote_id!r} in this rfq")
-        if chosen["valid_until"] <= now:
+        if datetime.fromisoformat(chosen["valid_until"]) <= now:
             raise Rejection("quote_expired", f"quote_id: {cmd.quote_id!r} expired")
     evidence = [
         {
@@ -170,11 +174,12 @@ def accept_quote(state: LedgerState, cmd: c.AcceptQuote, ctx: Context) -> list[D
         "rfq": cmd.rfq,
         "quote_id": chosen["quote_id"],
         "best_quote_id": best["quote_id"] if best else None,
-        "best_price_taken": best is not None and chosen["price"] == best["price"],
+        "best_price_taken": best is not None
+        and Fraction(chosen["price"]) == Fraction(best["price"]),
         "quotes": evidence,
     }
     _funds_for(state, trade)
-    return [_booked(trade)]
+    return [_booked(state, trade)]
 
 
 def _new_trade(
@@ -193,14 +198,22 @@ def _new_trade(
     settlement: str,
     liquidity: str,
     spread: bool,
+    amounts: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """A trade's terms; ``amounts`` = (notional, fee) when the caller rounded them already."""
     schedule = state.trading.schedule(client)
     spread_bps = schedule["otc_spread_bps"] if spread else 0
-    markup = Fraction(BPS_ONE + (spread_bps if side == "buy" else -spread_bps), BPS_ONE)
+    markup = Fraction(BPS + (spread_bps if side == "buy" else -spread_bps), BPS)
     client_price = lp_price * markup
-    lp_notional = notional(quantity_units, base, quote, lp_price)
-    client_notional = notional(quantity_units, base, quote, client_price)
-    fee = fee_units(client_notional, schedule[f"{liquidity}_bps"])
+    if amounts is not None:
+        lp_notional = client_notional = amounts[0]
+        fee = amounts[1]
+    else:
+        lp_notional = notional(quantity_units, base, quote, lp_price)
+        client_notional = notional(quantity_units, base, quote, client_price)
+        if client_notional == 0 or lp_notional == 0:
+            raise Rejection("invalid_amount", f"quantity: worth less than one unit of {quote}")
+        fee = fee_units(client_notional, schedule[f"{liquidity}_bps"])
     trade_date = ctx.now.date()
     due = value_date(trade_date, settlement, state.trading.holiday_set(base, quote))
     trade = {
@@ -225,9 +238,6 @@ def _new_trade(
     return trade | trade_money(trade)
 
 
-BPS_ONE = 10_000
-
-
 def _price_text(price: Fraction) -> str:
     """An exact price as a decimal string (prices are kept to 18 decimals at most)."""
     scaled = price * 10**18
@@ -246,12 +256,14 @@ def _funds_for(state: LedgerState, trade: dict[str, Any]) -> None:
     _funds(state, trade["client"], trade["sub_account"], give, need)
 
 
-def _booked(trade: dict[str, Any], extra: tuple[Posting, ...] = ()) -> Draft:
+def _booked(state: LedgerState, trade: dict[str, Any], extra: tuple[Posting, ...] = ()) -> Draft:
     """A booking event; T+0 trades are settled in the same event (both legs at once)."""
     postings = booking_postings(trade)
     if trade["settlement"] == "T+0":
         trade = trade | {"status": "settled"}
-        postings = merge(postings, settlement_postings(trade))
+        settlement = settlement_postings(trade)
+        _wallets_cover(state, settlement)
+        postings = merge(postings, settlement)
     else:
         trade = trade | {"status": "open"}
     return ("trade_booked", trade, merge(extra, postings))
@@ -353,7 +365,10 @@ def _reservation(side: str, base: str, quote: str, units: int, price: Fraction, 
 
 def place_order(state: LedgerState, cmd: c.PlaceOrder, ctx: Context) -> list[Draft]:
     """Rejections: unknown_asset, invalid_pair, invalid_amount, invalid_price, unknown_client,
-    unknown_sub_account, order_exists, insufficient_funds."""
+    unknown_sub_account, order_exists, insufficient_funds.
+
+    (A quantity worth less than one unit of the quote asset is ``invalid_amount`` too.)
+    """
     _pair(cmd.base, cmd.quote)
     units = _units(cmd.quantity, cmd.base, field="quantity")
     limit = parse_price(cmd.limit_price, "limit_price")
@@ -363,6 +378,8 @@ def place_order(state: LedgerState, cmd: c.PlaceOrder, ctx: Context) -> list[Dra
     schedule = state.trading.schedule(cmd.client)
     bps = max(schedule["maker_bps"], schedule["taker_bps"])
     reserve = _reservation(cmd.side, cmd.base, cmd.quote, units, limit, bps)
+    if reserve == 0:
+        raise Rejection("invalid_amount", f"quantity: worth less than one unit of {cmd.quote}")
     give = cmd.quote if cmd.side == "buy" else cmd.base
     _funds(state, cmd.client, cmd.sub_account, give, reserve)
     data = cmd.model_dump(exclude={"key", "type"}) | {
@@ -409,7 +426,15 @@ def cancel_order(state: LedgerState, cmd: c.CancelOrder, ctx: Context) -> list[D
 
 def record_fill(state: LedgerState, cmd: c.RecordFill, ctx: Context) -> list[Draft]:
     """Rejections: unknown_order, order_not_open, fill_exists, invalid_price, invalid_amount,
-    fill_exceeds_order, price_beyond_limit, unsettled_limit_exceeded."""
+    fill_exceeds_order, price_beyond_limit, unsettled_limit_exceeded, insufficient_funds,
+    insufficient_wallet_balance.
+
+    Each fill is paid from the order's hold. Notional and fee are rounded cumulatively over
+    the order's fills (each fill costs the rounded running total minus what earlier fills
+    cost), and release the hold cumulatively at the limit price, so the fills together never
+    cost more than the hold placed for the whole order, whatever their sizes; a fee rise after
+    placement is not charged.
+    """
     order = _live_order(state, cmd.order)
     if cmd.fill in state.trading.fills:
         raise Rejection("fill_exists", f"fill: {cmd.fill!r} was recorded")
@@ -422,6 +447,7 @@ def record_fill(state: LedgerState, cmd: c.RecordFill, ctx: Context) -> list[Dra
     if (order["side"] == "buy" and price > limit) or (order["side"] == "sell" and price < limit):
         raise Rejection("price_beyond_limit", f"price: beyond the limit {order['limit_price']}")
     shared = order["book"] == "shared"
+    costs = _fill_costs(state, order, units, price, cmd.liquidity)
     trade = _new_trade(
         state,
         ctx,
@@ -437,6 +463,7 @@ def record_fill(state: LedgerState, cmd: c.RecordFill, ctx: Context) -> list[Dra
         settlement="T+1" if shared else "T+0",
         liquidity=cmd.liquidity,
         spread=False,
+        amounts=(costs["notional"], costs["fee"]),
     )
     if shared:
         # The shared book settles at least daily: its value date is the trade date.
@@ -449,26 +476,52 @@ def record_fill(state: LedgerState, cmd: c.RecordFill, ctx: Context) -> list[Dra
                 f"quantity: unsettled {order['quote']} on the shared book would exceed its limit",
             )
     last = units == left
-    reserved = int(order["reserved_units"])
-    release = reserved
-    if not last:
-        at_limit = _reservation(
-            order["side"], order["base"], order["quote"], units, limit, order["reserve_bps"]
+    release = int(order["reserved_units"]) if last else _release_for(order, units, limit)
+    # Fills are paid from what they release; the price improvement goes back to available.
+    # Only a client who spent an earlier fill's sub-unit rounding surplus can come up short.
+    need = units if order["side"] == "sell" else costs["notional"] + costs["fee"]
+    if need > release:
+        _funds(
+            state, order["client"], order["sub_account"], order["reserved_asset"], need - release
         )
-        release = min(reserved, at_limit)
     trade |= {
         "source": "book",
         "book": order["book"],
         "order": cmd.order,
         "fill": cmd.fill,
         "released_units": str(release),
+        "cost_exact": str(costs["cost_exact"]),
+        "fee_exact": str(costs["fee_exact"]),
         "order_closed": last,
     }
-    drafts = [_booked(trade, _release_order(order, release))]
+    drafts = [_booked(state, trade, _release_order(order, release))]
     violation = _priority_violation(state, order, price, cmd)
     if violation is not None:
         drafts.append(("priority_violation", violation, ()))
     return drafts
+
+
+def _release_for(order: dict[str, Any], units: int, limit: Fraction) -> int:
+    """The hold a fill frees: the reservation of the filled total minus that of earlier fills."""
+    filled = int(order["filled_units"])
+    side, base, quote, bps = order["side"], order["base"], order["quote"], order["reserve_bps"]
+    before = _reservation(side, base, quote, filled, limit, bps) if filled else 0
+    return _reservation(side, base, quote, filled + units, limit, bps) - before
+
+
+def _fill_costs(
+    state: LedgerState, order: dict[str, Any], units: int, price: Fraction, liquidity: str
+) -> dict[str, Any]:
+    """Notional and fee of a fill, rounded cumulatively over the order's fills."""
+    base, quote = order["base"], order["quote"]
+    exact = Fraction(units, 10 ** asset(base).scale) * price * 10 ** asset(quote).scale
+    cost_exact = Fraction(order["cost_exact"]) + exact
+    charge = round_half_up(cost_exact) - int(order["charged_units"])
+    rate = state.trading.schedule(order["client"])[f"{liquidity}_bps"]
+    bps = min(rate, int(order["reserve_bps"]))  # a fee rise after placement is not charged
+    fee_exact = Fraction(order["fee_exact"]) + Fraction(charge * bps, BPS)
+    fee = round_half_up(fee_exact) - int(order["fee_charged_units"])
+    return {"notional": charge, "fee": fee, "cost_exact": cost_exact, "fee_exact": fee_exact}
 
 
 def _priority_violation(

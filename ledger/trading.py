@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from fractions import Fraction
 from typing import Any
 
@@ -145,10 +145,6 @@ def trade_money(trade: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def as_date(moment: datetime) -> date:
-    return moment.date()
-
-
 # --- deciders ------------------------------------------------------------------------------
 # (Imported lazily by ledger.decide; they use the trading part of the state.)
 
@@ -227,6 +223,10 @@ def _trade_booked(t: TradingState, d: Mapping[str, Any]) -> None:
         order = t.orders[d["order"]]
         order["filled_units"] = str(int(order["filled_units"]) + int(d["quantity_units"]))
         order["reserved_units"] = str(int(order["reserved_units"]) - int(d["released_units"]))
+        order["cost_exact"] = d["cost_exact"]
+        order["fee_exact"] = d["fee_exact"]
+        order["charged_units"] = str(int(order["charged_units"]) + int(d["notional_units"]))
+        order["fee_charged_units"] = str(int(order["fee_charged_units"]) + int(d["fee_units"]))
         if d["order_closed"]:
             order["status"] = "filled"
         t.fills[d["fill"]] = d["trade"]
@@ -254,7 +254,15 @@ def _trade_cancelled(t: TradingState, d: Mapping[str, Any]) -> None:
 
 
 def _order_placed(t: TradingState, d: Mapping[str, Any]) -> None:
-    t.orders[d["order"]] = {**d, "status": "open", "filled_units": "0"}
+    t.orders[d["order"]] = {
+        **d,
+        "status": "open",
+        "filled_units": "0",
+        "cost_exact": "0",
+        "charged_units": "0",
+        "fee_exact": "0",
+        "fee_charged_units": "0",
+    }
 
 
 def _order_cancelled(t: TradingState, d: Mapping[str, Any]) -> None:
