@@ -208,6 +208,9 @@ class Ledger:
             return
         if self._reload:
             self._settle()
+        # The generation this batch is decided in: if a commit fails meanwhile, the committer
+        # moves on to a new one and this batch is failed, never committed on a stale state.
+        generation = self._generation
         processor = self.processor
         try:
             self._load_known(processor, tickets)
@@ -240,9 +243,7 @@ class Ledger:
         if position - self._last_snapshot >= self.snapshot_every:
             snapshot = (position, processor.state.to_snapshot())
             self._last_snapshot = position
-        self._commits.put(
-            _Batch(self._generation, expected_head, tickets, events, records, snapshot)
-        )
+        self._commits.put(_Batch(generation, expected_head, tickets, events, records, snapshot))
 
     def _load_known(self, processor: Processor, tickets: list[_Ticket]) -> None:
         keys = []
@@ -284,8 +285,8 @@ class Ledger:
                 self._fenced = error = exc
             except Exception as exc:
                 log.exception("ledger %s: batch commit failed", self.name)
-                self._generation += 1
                 self._reload = True
+                self._generation += 1
                 error = StorageUnavailableError(f"batch not committed, retry: {exc}")
         for ticket in batch.tickets:
             ticket.finish(error)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from ledger.accounts import HOUSE_ACCOUNTS
 from ledger.errors import Rejection
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
@@ -22,6 +23,13 @@ Key = Annotated[str, Field(min_length=1, max_length=200)]
 AssetCode = Annotated[str, Field(pattern=r"^[A-Z0-9]{2,10}$")]
 DecimalText = Annotated[str, Field(min_length=1, max_length=80)]
 Reference = Annotated[str, Field(min_length=1, max_length=200)]
+# Trade ids join two ids (``<rfq>.<quote>``, ``<order>.<fill>``).
+TradeId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,128}$")]
+_PAYEE = (
+    r"^(house:("
+    + "|".join(sorted(HOUSE_ACCOUNTS))
+    + r")|counterparty:[A-Za-z0-9][A-Za-z0-9_.\-]{0,63})$"
+)
 
 
 class _Command(BaseModel):
@@ -157,7 +165,7 @@ class PlaceHold(_Command):
     sub_account: Id
     asset: AssetCode
     amount: DecimalText
-    payee: Annotated[str, Field(pattern=r"^(house:[a-z_]+|counterparty:[A-Za-z0-9_.\-]{1,64})$")]
+    payee: Annotated[str, Field(pattern=_PAYEE)]
     expires_at: AwareDatetime
 
 
@@ -316,7 +324,7 @@ class SettleTrade(_Command):
     """Settle both legs of a due trade in one event (DVP), or retry after a fail."""
 
     type: Literal["settle_trade"] = "settle_trade"
-    trade: Id
+    trade: TradeId
 
 
 class SettleNet(_Command):
@@ -331,7 +339,7 @@ class FailSettlement(_Command):
     """Record that a settlement attempt failed; the trade stays open and ages."""
 
     type: Literal["fail_settlement"] = "fail_settlement"
-    trade: Id
+    trade: TradeId
     reason: Reference
 
 
@@ -339,7 +347,7 @@ class CancelTrade(_Command):
     """Cancel an open trade by posting the opposite of its booking."""
 
     type: Literal["cancel_trade"] = "cancel_trade"
-    trade: Id
+    trade: TradeId
     reason: Reference
 
 

@@ -19,6 +19,7 @@ from ledger.errors import Rejection
 from ledger.journal import Entry, Posting
 from ledger.money import MoneyError, asset, format_units, parse_positive_units
 from ledger.state import LedgerState
+from ledger.trading import merge
 
 Draft = tuple[str, dict[str, Any], tuple[Posting, ...]]
 REVERSIBLE = frozenset(
@@ -264,7 +265,8 @@ def _release(found: dict[str, Any]) -> tuple[Posting, ...]:
 
 
 def execute_withdrawal(state: LedgerState, cmd: c.ExecuteWithdrawal, ctx: Context) -> list[Draft]:
-    """Rejections: unknown_withdrawal, withdrawal_not_pending, not_enough_approvals."""
+    """Rejections: unknown_withdrawal, withdrawal_not_pending, not_enough_approvals,
+    insufficient_wallet_balance."""
     found = _pending_withdrawal(state, cmd.withdrawal)
     if len(found["approved_by"]) < found["approvals_required"]:
         raise Rejection(
@@ -277,6 +279,11 @@ def execute_withdrawal(state: LedgerState, cmd: c.ExecuteWithdrawal, ctx: Contex
         if asset(code).is_virtual
         else trust_bank_account("trust-bank-1")
     )
+    if state.balance(source, code) < units:
+        raise Rejection(
+            "insufficient_wallet_balance",
+            f"withdrawal: {source} holds too little {code}; move it from cold storage first",
+        )
     held = client_account(found["client"], found["sub_account"], Bucket.HELD)
     data = {
         "withdrawal": cmd.withdrawal,
@@ -415,6 +422,14 @@ def reverse_event(state: LedgerState, cmd: c.ReverseEvent, ctx: Context) -> list
     if cmd.position in state.reversed:
         raise Rejection("already_reversed", f"position: {cmd.position} was reversed before")
     postings = tuple((a, s, -u) for a, s, u in original.postings)
+    if original.type == "hold_posted":
+        # The hold is closed: what the payee gives back becomes available, not held again.
+        postings = merge(
+            tuple(
+                (a.removesuffix(":held") + ":available" if a.endswith(":held") else a, s, u)
+                for a, s, u in postings
+            )
+        )
     for account, code, units in postings:
         # A reversal may not leave a client's available balance negative.
         if account.endswith(":available") and state.balance(account, code) + units > 0:

@@ -58,7 +58,7 @@ class LedgerState:
             {
                 "position": self.position,
                 "head_hash": self.head_hash,
-                "balances": [[a, s, str(u)] for (a, s), u in self.balances.items()],
+                "balances": sorted([a, s, str(u)] for (a, s), u in self.balances.items()),
                 "clients": {c: {**v, "subs": sorted(v["subs"])} for c, v in self.clients.items()},
                 "bank_references": sorted(self.bank_references),
                 "crypto_deposits": self.crypto_deposits,
@@ -68,7 +68,9 @@ class LedgerState:
                 "reversed": sorted(self.reversed),
                 "marks": self.marks,
                 "trading": self.trading.to_dict(),
-            }
+            },
+            # Canonical bytes: a replayed state and the live one compare equal byte for byte.
+            option=orjson.OPT_SORT_KEYS,
         )
 
     @classmethod
