@@ -1,0 +1,195 @@
+"""Per-client balances: per client, sub-account, asset and bucket, plus a history of changes.
+
+A client account is a liability: its balance is shown in its normal direction, so a bucket's
+balance is minus the sum of its postings (a deposit of 100 credits ``available`` by -100 and
+shows as 100). ``borrowed`` is what the client owes and shows as a negative amount. The total
+of a (client, sub-account, asset) is the sum of its buckets.
+
+Two tables per generation:
+
+* ``balances``: the current units per (ledger, client, sub_account, asset, bucket), upserted
+  with the batch's summed deltas.
+* ``balance_history``: one row per client posting (position, time, type, delta), appended with
+  ``COPY``. It answers "as of" (a sum up to a time or position) and ``explain`` (the events
+  whose sum is the balance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from ledger.accounts import Bucket
+from ledger.money import format_units
+from projections.base import Batch, Cursor, q, upsert_sum
+from projections.decode import CLIENT, Event, account_info
+
+BUCKETS: Final[tuple[str, ...]] = tuple(b.value for b in Bucket)
+FEED_SCHEMA_VERSION: Final = 1
+
+BalanceKey = tuple[str, str, str, str]  # (ledger, client, sub_account, asset)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceDelta:
+    """A batch's effect: summed posting deltas per key, and history rows as COPY text."""
+
+    sums: dict[tuple[str, str, str, str, str], int]
+    history: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedMessage:
+    """One record for the compacted balances topic: the latest balance of a key."""
+
+    key: bytes
+    value: bytes
+    ledger: str
+
+
+class ClientBalances:
+    name: Final = "client_balances"
+
+    def create_sql(self, schema: str) -> list[str]:
+        return [
+            q(
+                schema,
+                "CREATE TABLE {s}.balances (ledger text NOT NULL, client text NOT NULL,"
+                " sub_account text NOT NULL, asset text NOT NULL, bucket text NOT NULL,"
+                " units numeric(60,0) NOT NULL,"
+                " PRIMARY KEY (ledger, client, sub_account, asset, bucket))",
+            ),
+            q(
+                schema,
+                "CREATE TABLE {s}.balance_history (ledger text NOT NULL, position bigint NOT NULL,"
+                " time timestamptz NOT NULL, type text NOT NULL, client text NOT NULL,"
+                " sub_account text NOT NULL, asset text NOT NULL, bucket text NOT NULL,"
+                " delta numeric(60,0) NOT NULL)",
+            ),
+        ]
+
+    def index_sql(self, schema: str) -> list[str]:
+        return [
+            q(
+                schema,
+                "CREATE INDEX balance_history_by_client ON {s}.balance_history"
+                " (ledger, client, asset, position)",
+            )
+        ]
+
+    def hash_sql(self, schema: str) -> list[str]:
+        # Zero balances carry no information; ordering is by byte value (COLLATE "C") so that
+        # the hash does not depend on the server's locale.
+        return [
+            q(
+                schema,
+                "SELECT ledger, client, sub_account, asset, bucket, units FROM {s}.balances"
+                ' WHERE units <> 0 ORDER BY ledger COLLATE "C", client COLLATE "C",'
+                ' sub_account COLLATE "C", asset COLLATE "C", bucket COLLATE "C"',
+            ),
+            q(
+                schema,
+                "SELECT ledger, position, time, type, client, sub_account, asset, bucket, delta"
+                ' FROM {s}.balance_history ORDER BY ledger COLLATE "C", position,'
+                ' client COLLATE "C", sub_account COLLATE "C", asset COLLATE "C",'
+                ' bucket COLLATE "C", delta',
+            ),
+        ]
+
+    checked_types: Final[frozenset[str]] = frozenset()  # whatever decodes can be summed
+
+    def check(self, event: Event) -> None:
+        pass
+
+    def apply(self, cur: Cursor, schema: str, events: Sequence[Event]) -> None:
+        self.write(cur, schema, self.aggregate(Batch(events)))
+
+    def aggregate(self, batch: Batch) -> BalanceDelta:
+        deltas: dict[tuple[str, str, str, str, str], int] = {}
+        for (ledger, account, asset), units in batch.sums.items():
+            info = account_info(account)
+            if info.kind == CLIENT:
+                deltas[(ledger, info.client, info.sub_account, asset, info.bucket)] = -units
+        lines: list[str] = []
+        append = lines.append
+        for ledger, position, kind, time, _, postings in batch.events:
+            head = None
+            for _, asset, units, info in postings:
+                if info[0] != CLIENT:
+                    continue
+                if head is None:
+                    head = f"{ledger}\t{position}\t{time}\t{kind}\t"
+                # Text COPY: every field was checked by decode (ids, assets, types, ledger
+                # names carry no tab, newline or backslash).
+                append(f"{head}{info[1]}\t{info[2]}\t{asset}\t{info[3]}\t{-units}\n")
+        return BalanceDelta(deltas, "".join(lines))
+
+    def write(self, cur: Cursor, schema: str, delta: BalanceDelta) -> None:
+        upsert_sum(
+            cur,
+            q(schema, "{s}.balances"),
+            ("ledger", "client", "sub_account", "asset", "bucket"),
+            ("units",),
+            [(*key, units) for key, units in delta.sums.items()],
+        )
+        if delta.history:
+            statement = q(
+                schema,
+                "COPY {s}.balance_history (ledger, position, time, type, client, sub_account,"
+                " asset, bucket, delta) FROM STDIN",
+            )
+            with cur.copy(statement) as copy:
+                copy.write(delta.history)
+
+    def feed(self, cur: Cursor, schema: str, events: Sequence[Event]) -> list[FeedMessage]:
+        """The latest balance of every (client, sub-account, asset) these events changed.
+
+        Read after ``apply`` in the same transaction, so each message is the state the
+        transaction commits.
+        """
+        touched: dict[BalanceKey, int] = {}
+        for event in events:
+            for _, asset, _, info in event.postings:
+                if info[0] == CLIENT:
+                    key = (event.ledger, info[1], info[2], asset)
+                    touched[key] = max(touched.get(key, 0), event.position)
+        if not touched:
+            return []
+        columns = [list(c) for c in zip(*touched, strict=True)]
+        cur.execute(
+            q(
+                schema,
+                "SELECT b.ledger, b.client, b.sub_account, b.asset, b.bucket, b.units::text"
+                " FROM {s}.balances b JOIN unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
+                " AS k(ledger, client, sub_account, asset) USING (ledger, client, sub_account,"
+                " asset)",
+            ),
+            columns,
+        )
+        found: dict[BalanceKey, dict[str, int]] = {key: {} for key in touched}
+        for ledger, client, sub, asset, bucket, units in cur.fetchall():
+            found[(ledger, client, sub, asset)][bucket] = int(units)
+        return [feed_message(key, found[key], position) for key, position in touched.items()]
+
+
+def feed_message(key: BalanceKey, units: dict[str, int], position: int) -> FeedMessage:
+    """A balances-topic record; the Kafka key names (ledger, client, sub-account, asset)."""
+    ledger, client, sub, asset = key
+    body = {
+        "v": FEED_SCHEMA_VERSION,
+        "ledger": ledger,
+        "client": client,
+        "sub_account": sub,
+        "asset": asset,
+        "position": position,
+        "balances": {b: format_units(units.get(b, 0), asset) for b in BUCKETS},
+        "total": format_units(sum(units.values()), asset),
+    }
+    return FeedMessage(
+        key=orjson.dumps([ledger, client, sub, asset]),
+        value=orjson.dumps(body),
+        ledger=ledger,
+    )

@@ -1,0 +1,249 @@
+"""Decode an event body (the bytes the store and Kafka carry) into a light internal form.
+
+The read side checks what it relies on and nothing more, because this runs once per event on
+every rebuild: the schema version, a known event type, the fields every projection reads,
+well-formed account names, registered assets, and postings that are integers summing to zero
+per asset (the write side's invariant, checked again after reading). The hash chain is not
+re-verified: a consumer of several partitions sees the chain interleaved, so only an ordered
+reader of the store could check it, and the writer checks it on every start.
+
+Anything else is a ``DecodeError`` whose reason names the field: such a message is poison and
+goes to the dead-letter topic at once, because retrying cannot make garbage decode.
+
+Speed: a rebuild decodes every event, so ``decode`` takes a fast path that indexes the parsed
+body directly and falls back to ``_diagnose`` (slow, precise) only when something is off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final, NamedTuple
+
+import orjson
+
+from ledger.accounts import ID_PATTERN, account_type, split_client_account
+from ledger.events import EVENT_TYPES
+from ledger.money import ASSETS
+
+SCHEMA_VERSION: Final = 1
+KNOWN_TYPES: Final = frozenset(EVENT_TYPES)
+
+# Account kinds the projections tell apart.
+CLIENT: Final = "client"
+CUSTODY_HOT: Final = "custody_hot"
+CUSTODY_COLD: Final = "custody_cold"
+TRUST_BANK: Final = "trust_bank"
+INSURANCE_FUND: Final = "insurance_fund"
+OTHER: Final = "other"
+
+
+class AccountInfo(NamedTuple):
+    """An account name parsed once: its kind and, for a client account, its parts."""
+
+    kind: str
+    client: str = ""
+    sub_account: str = ""
+    bucket: str = ""
+
+
+# (account, asset, signed minor units: + debit, - credit, parsed account). A plain tuple, not a
+# NamedTuple: building one per posting is measurably cheaper, and readers unpack it anyway.
+Posting = tuple[str, str, int, AccountInfo]
+
+
+class Event(NamedTuple):
+    """What the projections need of an event."""
+
+    ledger: str
+    position: int
+    type: str
+    time: str  # ISO-8601 with offset, as written (PostgreSQL parses it where it is stored)
+    data: Mapping[str, Any]
+    postings: tuple[Posting, ...]
+
+
+# Building the tuple directly skips the generated __new__'s extra Python frame (hot path).
+_new_event = tuple.__new__
+
+
+class DecodeError(ValueError):
+    """A message the read side cannot use; ``reason`` says why, naming the field."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# Account names and ledger names repeat endlessly; each is checked once. Bounded so that a
+# stream of distinct garbage cannot grow memory without limit.
+_ACCOUNTS: dict[str, AccountInfo] = {}
+_LEDGERS: set[str] = set()
+_CACHE_MAX: Final = 200_000
+# The writer's times look like 2026-11-22T04:40:00.123456+00:00; anything else is diagnosed.
+_OFFSET_SIGNS: Final = frozenset("+-")
+
+
+def decode(body: bytes | memoryview) -> Event:
+    """Parse and check one event body; ``DecodeError`` names what is wrong."""
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"body: not JSON ({exc})") from None
+    try:
+        event = _fast(raw)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        event = None
+    return event if event is not None else _diagnose(raw)
+
+
+def _fast(raw: Any) -> Event | None:
+    """The event if everything is as the writer makes it, else None (then diagnose)."""
+    kind, ledger, position, time = raw["type"], raw["ledger"], raw["position"], raw["time"]
+    if (
+        raw["v"] != SCHEMA_VERSION
+        or kind not in KNOWN_TYPES
+        or ledger not in _LEDGERS
+        or type(position) is not int
+        or position < 1
+        or type(time) is not str
+        or time[10:11] != "T"
+        or time[-6:-5] not in _OFFSET_SIGNS
+        or type(raw["data"]) is not dict
+    ):
+        return None
+    accounts = _ACCOUNTS
+    postings = tuple(
+        [
+            (p["account"], p["asset"], int(p["units"]), accounts[p["account"]])
+            for p in raw["postings"]
+        ]
+    )
+    if not _balanced(postings):
+        return None
+    return _new_event(Event, (ledger, position, kind, time, raw["data"], postings))
+
+
+def _balanced(postings: tuple[Posting, ...]) -> bool:
+    """Registered assets, no zero amounts, and a zero sum per asset."""
+    if len(postings) == 2:  # the common case: one debit, one credit
+        (_, first_asset, first_units, _), (_, second_asset, second_units, _) = postings
+        return (
+            first_asset == second_asset
+            and first_asset in ASSETS
+            and first_units != 0
+            and first_units + second_units == 0
+        )
+    sums: dict[str, int] = {}
+    for _, code, units, _ in postings:
+        if units == 0 or code not in ASSETS:
+            return False
+        sums[code] = sums.get(code, 0) + units
+    return not any(sums.values())
+
+
+def _diagnose(raw: Any) -> Event:
+    """The slow, precise path: the event, or a ``DecodeError`` naming the first bad field."""
+    if not isinstance(raw, dict):
+        raise DecodeError("body: not a JSON object")
+    version = raw.get("v")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise DecodeError(f"v: schema version {version!r} is not {SCHEMA_VERSION}")
+    kind = raw.get("type")
+    if kind not in KNOWN_TYPES:
+        raise DecodeError(f"type: unknown event type {kind!r}")
+    ledger = _ledger(raw.get("ledger"))
+    position, time, data = raw.get("position"), raw.get("time"), raw.get("data")
+    if type(position) is not int or position < 1:
+        raise DecodeError(f"position: expected an integer >= 1, got {position!r}")
+    if not isinstance(time, str) or not _is_time(time):
+        raise DecodeError(f"time: expected an ISO-8601 time with offset, got {time!r}")
+    if not isinstance(data, dict):
+        raise DecodeError("data: expected an object")
+    return Event(ledger, position, kind, time, data, _postings(raw.get("postings")))
+
+
+def _ledger(name: object) -> str:
+    # Ledger names end up in text COPY rows and Kafka keys: no control characters, no '\\'.
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise DecodeError("ledger: expected a non-empty string of at most 200 characters")
+    if not name.isprintable() or "\\" in name:
+        raise DecodeError(f"ledger: {name!r} has control characters or a backslash")
+    if len(_LEDGERS) >= _CACHE_MAX:
+        _LEDGERS.clear()
+    _LEDGERS.add(name)
+    return name
+
+
+def _is_time(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text).utcoffset() is not None
+    except ValueError:
+        return False
+
+
+def _postings(raw: object) -> tuple[Posting, ...]:
+    if not isinstance(raw, list):
+        raise DecodeError("postings: expected a list")
+    out: list[Posting] = []
+    sums: dict[str, int] = {}
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise DecodeError(f"postings[{index}]: expected an object")
+        account, code = item.get("account"), item.get("asset")
+        if not isinstance(code, str) or code not in ASSETS:
+            raise DecodeError(f"postings[{index}].asset: unknown asset {code!r}")
+        try:
+            info = account_info(account)
+        except ValueError as exc:
+            raise DecodeError(f"postings[{index}].account: {exc}") from None
+        value = _units(index, item.get("units"))
+        out.append((str(account), code, value, info))
+        sums[code] = sums.get(code, 0) + value
+    unbalanced = sorted(code for code, total in sums.items() if total)
+    if unbalanced:
+        raise DecodeError(f"postings: unbalanced in {', '.join(unbalanced)}")
+    return tuple(out)
+
+
+def _units(index: int, units: object) -> int:
+    """Non-zero integer units in canonical form (no '+', spaces, '_' or leading zeros)."""
+    if not isinstance(units, str) or not units.lstrip("-").isdigit() or not units.isascii():
+        raise DecodeError(f"postings[{index}].units: expected an integer string, got {units!r}")
+    value = int(units)
+    if value == 0 or str(value) != units:
+        raise DecodeError(f"postings[{index}].units: expected a non-zero integer, got {units!r}")
+    return value
+
+
+def account_info(account: object) -> AccountInfo:
+    """The kind and parts of a well-formed account name (cached); ``ValueError`` otherwise."""
+    if not isinstance(account, str):
+        raise ValueError(f"expected a string, got {account!r}")
+    found = _ACCOUNTS.get(account)
+    if found is not None:
+        return found
+    account_type(account)  # ValueError for anything that is not a well-formed account name
+    info = _classify(account)
+    if len(_ACCOUNTS) >= _CACHE_MAX:
+        _ACCOUNTS.clear()
+    _ACCOUNTS[account] = info
+    return info
+
+
+def _classify(account: str) -> AccountInfo:
+    parts = split_client_account(account)
+    if parts is not None:
+        client, sub, bucket = parts
+        if ID_PATTERN.fullmatch(client) is None or ID_PATTERN.fullmatch(sub) is None:
+            raise ValueError(f"bad client or sub-account id in {account!r}")
+        return AccountInfo(CLIENT, client, sub, bucket)
+    if account.startswith("custody:hot:"):
+        return AccountInfo(CUSTODY_HOT)
+    if account.startswith("custody:cold:"):
+        return AccountInfo(CUSTODY_COLD)
+    if account.startswith("trust_bank:"):
+        return AccountInfo(TRUST_BANK)
+    if account == "house:insurance_fund":
+        return AccountInfo(INSURANCE_FUND)
+    return AccountInfo(OTHER)
