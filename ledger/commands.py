@@ -369,6 +369,15 @@ class ApproveCustodyMove(_Command):
     approver: Id
 
 
+class FundInsurance(_Command):
+    """Compensation cover set aside for client assets (an insurance policy or a reserve)."""
+
+    type: Literal["fund_insurance"] = "fund_insurance"
+    asset: AssetCode
+    amount: DecimalText
+    policy: Reference
+
+
 class CheckTrustRules(_Command):
     """Check the 98% cold-storage rule and the compensation cover now."""
 
@@ -412,6 +421,7 @@ Command = Annotated[
     | CancelTrade
     | MoveCustody
     | ApproveCustodyMove
+    | FundInsurance
     | CheckTrustRules,
     Field(discriminator="type"),
 ]

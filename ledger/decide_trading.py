@@ -598,6 +598,17 @@ def approve_custody_move(
     return [("custody_moved", data, postings)]
 
 
+def fund_insurance(state: LedgerState, cmd: c.FundInsurance, ctx: Context) -> list[Draft]:
+    """Rejections: unknown_asset, invalid_amount."""
+    units = _units(cmd.amount, cmd.asset)
+    postings = (
+        ("external:insurance", cmd.asset, units),
+        ("house:insurance_fund", cmd.asset, -units),
+    )
+    data = {"policy": cmd.policy, **_money(units, cmd.asset)}
+    return [("insurance_funded", data, postings)]
+
+
 def check_trust_rules(state: LedgerState, cmd: c.CheckTrustRules, ctx: Context) -> list[Draft]:
     """Rejections: none; records the current position of every virtual asset."""
     codes = sorted({s for (a, s) in state.balances if asset(s).is_virtual})
@@ -678,5 +689,6 @@ TRADING_DECIDERS: dict[str, Callable[[LedgerState, Any, Context], list[Draft]]] 
     "set_shared_book_limit": set_shared_book_limit,
     "move_custody": move_custody,
     "approve_custody_move": approve_custody_move,
+    "fund_insurance": fund_insurance,
     "check_trust_rules": check_trust_rules,
 }

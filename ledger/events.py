@@ -52,6 +52,7 @@ EventType = Literal[
     "trust_rule_breached",
     "trust_rule_restored",
     "trust_rules_checked",
+    "insurance_funded",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 

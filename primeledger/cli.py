@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
-from datetime import date
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,27 @@ import orjson
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from ledger.application import Ledger
+from ledger.accounts import Bucket
+from ledger.application import Ledger, load_state
 from ledger.audit import verify_ledger
 from ledger.errors import LedgerFaultError
+from ledger.money import format_units
+from ledger.queries import client_balances
+from ledger.state import LedgerState
+from ledger.store import LedgerStore
 from primeledger import docs, services
 from primeledger.output import Format, emit
+from primeledger.pipeline import Pipeline
 from primeledger.settings import load_settings
-from projections import reports
+from projections import queries, reports
+from projections.catalog import ALL
+from projections.replay import replay as replay_models
+from projections.worker import ThreadedWorker, WorkerConfig
+from streams.relay import Relay
+from streams.topics import ensure_topics
 
 app = typer.Typer(
     help="PrimeLedger: an event-sourced ledger on PostgreSQL and a Kafka-protocol stream.",
@@ -170,6 +183,220 @@ def schema(out: Path = typer.Option(docs.SCHEMAS_DIR, help="directory for the fi
     """Write the JSON schemas of the public command and event formats."""
     for path in docs.write_schemas(out):
         console.print(f"wrote {path}")
+
+
+# --- Read side: balances / pnl / trust-reserve / explain / replay / projection-hash ---------
+
+
+def _as_of(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] --as-of: {value!r} is not an ISO-8601 time")
+        raise typer.Exit(2) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def balances(
+    client: str | None = typer.Option(None, help="only this client"),
+    as_of: str | None = typer.Option(None, "--as-of", help="ISO time; balances as of then"),
+    position: int | None = typer.Option(None, "--position", help="as of this log position"),
+    source: str = typer.Option("projections", help="projections (read model) or ledger"),
+    fmt: str = FormatOption,
+) -> None:
+    """Per client, sub-account and asset: every bucket and the total."""
+    settings, url = load_settings(), _urls().database_url
+    if source == "ledger":
+        state = load_state(LedgerStore(url, settings.ledger, create=False), position)
+        rows = _ledger_balances(state, client)
+    elif source == "projections":
+        found = queries.balances(url, settings.ledger, client, _as_of(as_of), position)
+        rows = [b.to_json() for b in found]
+    else:
+        err_console.print(f"[bold red]error:[/] --source: {source!r} is not projections or ledger")
+        raise typer.Exit(2)
+    emit(rows, _format(fmt), f"balances ({source})")
+
+
+def _ledger_balances(state: LedgerState, client: str | None) -> list[dict[str, Any]]:
+    grouped: dict[tuple[str, str, str], dict[str, int]] = {}
+    for row in client_balances(state, client):
+        grouped.setdefault((row.client, row.sub_account, row.asset), {})[row.bucket] = row.units
+    return [
+        {"client": c, "sub_account": s, "asset": a}
+        | {b.value: format_units(units.get(b.value, 0), a) for b in Bucket}
+        | {"total": format_units(sum(units.values()), a)}
+        for (c, s, a), units in sorted(grouped.items())
+    ]
+
+
+@app.command()
+def pnl(
+    client: str | None = typer.Option(None, help="only this client"),
+    currency: str = typer.Option("USD", help="reporting currency (converted at the marks)"),
+    as_of: str | None = typer.Option(None, "--as-of", help="ISO time"),
+    fmt: str = FormatOption,
+    view: str = typer.Option("totals", help="totals, by-day or positions"),
+) -> None:
+    """P&L by sub-account: realised (FIFO or average), fees, unrealised at the latest marks."""
+    report = queries.pnl(
+        _urls().database_url, load_settings().ledger, client, currency, _as_of(as_of)
+    )
+    body = report.to_json()
+    if view == "totals":
+        rows = [{"sub_account": key, **figures} for key, figures in body["totals"].items()]
+    elif view == "by-day":
+        rows = body["by_day"]
+    elif view == "positions":
+        rows = body["open_positions"]
+    else:
+        err_console.print(f"[bold red]error:[/] --view: {view!r} is not totals, by-day, positions")
+        raise typer.Exit(2)
+    title = f"P&L in {currency} ({body['cost_method']}) — {view}"
+    emit(rows, _format(fmt), title)
+    if body["unpriced"] and fmt == "table":
+        console.print(f"no mark into {currency} for: {', '.join(body['unpriced'])}")
+
+
+@app.command("trust-reserve")
+def trust_reserve(
+    as_of: str | None = typer.Option(None, "--as-of", help="ISO time"), fmt: str = FormatOption
+) -> None:
+    """Per asset: client liabilities vs holdings on trust, cold ratio (98%), cover, alerts."""
+    found = queries.trust_reserve(_urls().database_url, load_settings().ledger, _as_of(as_of))
+    emit([p.to_json() for p in found], _format(fmt), "trust reserve")
+
+
+@app.command()
+def explain(
+    client: str = typer.Option(..., help="the client"),
+    asset: str = typer.Option(..., help="the asset"),
+    sub_account: str | None = typer.Option(None, "--sub-account", help="one sub-account"),
+    fmt: str = FormatOption,
+) -> None:
+    """The events whose postings sum to a client's balance of one asset."""
+    found = queries.explain(
+        _urls().database_url, load_settings().ledger, client, asset, sub_account
+    )
+    body = found.to_json()
+    rows = [
+        {
+            "position": e["position"],
+            "time": e["time"],
+            "type": e["type"],
+            "postings": " ".join(f"{p['account']} {p['amount']}" for p in e["postings"]),
+            "change": e["change"],
+        }
+        for e in body["events"]
+    ]
+    emit(rows, _format(fmt), f"{client} {asset}: balance {body['balance']}")
+    if fmt == "table":
+        console.print(f"sum of the events: {body['sum_of_events']} (balance {body['balance']})")
+
+
+@app.command("projection-hash")
+def projection_hash(name: str = typer.Argument(..., help="balances, pnl or trust-reserve")) -> None:
+    """SHA-256 of a read model's canonical contents (equal for equal logs)."""
+    console.print(queries.projection_hash(_urls().database_url, name))
+
+
+@app.command()
+def replay(
+    projection: list[str] = typer.Option(..., "--projection", help="balances, pnl, trust-reserve"),
+    source: str = typer.Option("store", help="store (PostgreSQL) or kafka (from offset 0)"),
+    until_position: int | None = typer.Option(None, "--until-position"),
+    as_of: str | None = typer.Option(None, "--as-of", help="ISO time"),
+) -> None:
+    """Rebuild read models into fresh tables, then swap them in atomically."""
+    urls = _urls()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+    ) as bar:
+        task = bar.add_task("replaying", total=None)
+
+        def progress(done: int) -> None:
+            bar.update(task, completed=done)
+
+        result = replay_models(
+            urls.database_url,
+            projection,
+            source=source,
+            bootstrap=urls.kafka_bootstrap,
+            ledger=load_settings().ledger if (until_position or as_of) else None,
+            until_position=until_position,
+            as_of=_as_of(as_of),
+            progress=progress,
+        )
+    console.print(
+        f"replayed {result.events} events into {', '.join(result.schemas.values())} in"
+        f" {result.seconds:.1f}s; swapped in: {result.swapped}"
+    )
+
+
+# --- Stream: relay / project / run -----------------------------------------------------------
+
+
+@app.command()
+def relay(name: str = typer.Option("default", help="relay name (one runs per name)")) -> None:
+    """Run the relay (PostgreSQL log -> Kafka) until interrupted."""
+    urls = _urls()
+    ensure_topics(urls.kafka_bootstrap)
+    stop = threading.Event()
+    with Relay(urls.database_url, urls.kafka_bootstrap, name) as running:
+        console.print(f"relay {name!r} running; Ctrl-C to stop")
+        _until_interrupted(lambda: running.run_forever(stop), stop)
+
+
+@app.command()
+def project(
+    names: list[str] = typer.Argument(None, help="read models (default: all)"),
+    group: str = typer.Option("primeledger-projections", help="consumer group id"),
+) -> None:
+    """Run a projection worker (Kafka -> read models) until interrupted."""
+    urls = _urls()
+    ensure_topics(urls.kafka_bootstrap)
+    config = WorkerConfig(
+        urls.database_url, urls.kafka_bootstrap, projections=names or ALL, group_id=group
+    )
+    worker = ThreadedWorker(config).start()
+    console.print(f"projection worker ({', '.join(config.projections)}) running; Ctrl-C to stop")
+    stop = threading.Event()
+    try:
+        _until_interrupted(lambda: stop.wait(), stop)
+    finally:
+        worker.stop()
+
+
+@app.command()
+def run() -> None:
+    """Run relay and projection workers together on the configured services."""
+    urls = _urls()
+    stop = threading.Event()
+    with Pipeline(urls.database_url, urls.kafka_bootstrap):
+        console.print(
+            f"relay and projections running on {urls.kafka_bootstrap}; submit commands with"
+            " `primeledger submit`; Ctrl-C to stop"
+        )
+        _until_interrupted(lambda: stop.wait(), stop)
+
+
+def _until_interrupted(work: Callable[[], object], stop: threading.Event) -> None:
+    try:
+        work()
+    except KeyboardInterrupt:
+        stop.set()
+        console.print("stopping")
+
+
+@app.command()
+def demo() -> None:
+    """Play a realistic prime-brokerage day on the embedded services and show the results."""
+    from primeledger.demo import run_demo
+
+    run_demo(_urls())
 
 
 # --- Reports ---------------------------------------------------------------------------------

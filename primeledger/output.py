@@ -54,9 +54,10 @@ def _width() -> int:
     try:
         import shutil
 
-        return shutil.get_terminal_size((160, 40)).columns
+        # Not a terminal (a pipe, CI, make): wide enough for the widest report.
+        return shutil.get_terminal_size((180, 40)).columns
     except OSError:
-        return 160
+        return 180
 
 
 def emit(rows: Sequence[dict[str, Any]], fmt: Format = "table", title: str = "") -> None:

@@ -142,6 +142,14 @@ def _onboarding(key: Callable[[str], str]) -> Iterator[Command]:
         "client": "kowloon-quant",
         "tier": "professional",
     }
+    for code, amount in (("BTC", "40"), ("ETH", "250"), ("SOL", "15000")):
+        yield {
+            "type": "fund_insurance",
+            "key": key(f"insurance-{code}"),
+            "asset": code,
+            "amount": amount,
+            "policy": f"Lloyd's HK-VA-2026-{code}",
+        }
     yield {
         "type": "set_holidays",
         "key": key("holidays-hkd"),

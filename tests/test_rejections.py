@@ -210,6 +210,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "approve_custody_move": {"move": "mv-pending", "approver": "ops2"},
     "check_trust_rules": {},
+    "fund_insurance": {"asset": "BTC", "amount": "10", "policy": "policy-1"},
 }
 
 
@@ -839,6 +840,12 @@ TABLES: dict[str, list[Case]] = {
             setup=(cmd("set_shared_book_limit", limit="300.00"),),
         ),
     ],
+    "fund_insurance": [
+        ok("BTC cover", cmd("fund_insurance"), "insurance_funded"),
+        no("unknown asset", cmd("fund_insurance", asset="XYZ"), "unknown_asset"),
+        no("too fine", cmd("fund_insurance", amount="0.000000001"), "invalid_amount"),
+        no("zero", cmd("fund_insurance", amount="0"), "invalid_amount"),
+    ],
     "set_shared_book_limit": [
         ok("USD cap", cmd("set_shared_book_limit"), "shared_book_limit_set"),
         no("unknown asset", cmd("set_shared_book_limit", asset="XYZ"), "unknown_asset"),
@@ -1198,6 +1205,10 @@ PEELS: list[Peel] = [
             ("unsettled_limit_exceeded", {"quantity": "0.001"}),
         ),
         setup=(cmd("set_shared_book_limit", limit="360.00"),),
+    ),
+    Peel(
+        cmd("fund_insurance", asset="XYZ", amount="abc"),
+        (("unknown_asset", {"asset": "BTC"}), ("invalid_amount", {"amount": "10"})),
     ),
     Peel(
         cmd("set_shared_book_limit", asset="XYZ", limit="abc"),

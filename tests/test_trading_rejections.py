@@ -294,6 +294,7 @@ VALID: dict[str, dict[str, Any]] = {
         "counterparty": "local-book",
     },
     "set_shared_book_limit": {"asset": "USD", "limit": "500000"},
+    "fund_insurance": {"asset": "BTC", "amount": "10", "policy": "policy-1"},
     "move_custody": {
         "move": "m-new",
         "asset": "BTC",
@@ -409,6 +410,8 @@ CASES = [
         quantity="0.00000001",
     ),
     case("record_fill", "insufficient_wallet_balance", order="o-sell", quantity="1"),
+    case("fund_insurance", "unknown_asset", asset="XYZ"),
+    case("fund_insurance", "invalid_amount", amount="0"),
     case("set_shared_book_limit", "unknown_asset", asset="XYZ"),
     case("set_shared_book_limit", "invalid_amount", limit="0"),
     case("set_shared_book_limit", "invalid_amount", limit="1.001"),
@@ -606,6 +609,13 @@ DOUBLE_FAULTS = [
         "unsettled_limit_exceeded",
         {"order": "o-shared", "quantity": "1.7", "price": "60000.01"},
         {"order": "o-shared", "quantity": "1.7"},
+    ),
+    DoubleFault(
+        "fund_insurance",
+        "unknown_asset",
+        "invalid_amount",
+        {"asset": "XYZ", "amount": "0"},
+        {"amount": "0"},
     ),
     DoubleFault(
         "set_shared_book_limit",
