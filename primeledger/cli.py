@@ -399,6 +399,12 @@ def demo() -> None:
     run_demo(_urls())
 
 
+@app.command()
+def asyncapi(out: Path = typer.Option(docs.ASYNCAPI_PATH, help="file to write")) -> None:
+    """Write the AsyncAPI document of every topic (generated from the code)."""
+    console.print(f"wrote {docs.write_asyncapi(out)}")
+
+
 # --- Reports ---------------------------------------------------------------------------------
 
 report_app = typer.Typer(help="Trading reports: trades, RFQ evidence, settlement.")

@@ -30,6 +30,14 @@ def dumps(document: dict[str, Any]) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
+def write_asyncapi(path: Path = ASYNCAPI_PATH) -> Path:
+    from streams.asyncapi import document
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(dumps(document()))
+    return path
+
+
 def write_schemas(directory: Path = SCHEMAS_DIR) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
