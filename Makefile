@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := ledger streams projections primeledger
 
-.PHONY: install lint typecheck test demo bench up down status clean
+.PHONY: install lint typecheck test demo bench docs up down status clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.relay
 	$(BIN)/python -m bench.lag
 	$(BIN)/python -m bench.replay
+
+docs: $(STAMP)
+	$(BIN)/primeledger schema
+	$(BIN)/primeledger asyncapi
 
 up: $(STAMP)
 	$(BIN)/primeledger up

@@ -378,6 +378,13 @@ class FundInsurance(_Command):
     policy: Reference
 
 
+class AccrueCustodyFees(_Command):
+    """Charge one day of custody fees on every client's virtual assets (tier rate per year)."""
+
+    type: Literal["accrue_custody_fees"] = "accrue_custody_fees"
+    day: date
+
+
 class CheckTrustRules(_Command):
     """Check the 98% cold-storage rule and the compensation cover now."""
 
@@ -422,6 +429,7 @@ Command = Annotated[
     | MoveCustody
     | ApproveCustodyMove
     | FundInsurance
+    | AccrueCustodyFees
     | CheckTrustRules,
     Field(discriminator="type"),
 ]

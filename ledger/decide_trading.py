@@ -609,6 +609,52 @@ def fund_insurance(state: LedgerState, cmd: c.FundInsurance, ctx: Context) -> li
     return [("insurance_funded", data, postings)]
 
 
+def accrue_custody_fees(state: LedgerState, cmd: c.AccrueCustodyFees, ctx: Context) -> list[Draft]:
+    """Rejections: accrual_not_due, already_accrued.
+
+    Per (client, sub-account, virtual asset): the day's fee is the holding across all buckets
+    times the tier's yearly rate / 365, rounded half up, paid from ``available`` (at most what
+    is there; the rest is reported as unpaid) to house custody-fee income, as ``fee_charged``
+    events so that P&L shows them with the other fees.
+    """
+    day = cmd.day.isoformat()
+    if cmd.day >= ctx.now.date():
+        raise Rejection("accrual_not_due", f"day: {day} is not over yet")
+    if day in state.trading.custody_accruals:
+        raise Rejection("already_accrued", f"day: custody fees for {day} were accrued")
+    holdings: dict[tuple[str, str, str], int] = {}
+    for (account, code), units in state.balances.items():
+        if account.startswith("client:") and asset(code).is_virtual:
+            _, client, sub, _ = account.split(":")
+            key = (client, sub, code)
+            holdings[key] = holdings.get(key, 0) - units
+    drafts: list[Draft] = []
+    unpaid = 0
+    for (client, sub, code), units in sorted(holdings.items()):
+        bps = state.trading.schedule(client)["custody_bps_per_year"]
+        due = round_half_up(Fraction(max(units, 0) * bps, BPS * 365))
+        paid = min(due, max(-state.balance(client_account(client, sub), code), 0))
+        unpaid += due - paid
+        if paid:
+            data = {
+                "client": client,
+                "sub_account": sub,
+                "fee_type": "custody",
+                "day": day,
+                **_money(paid, code),
+            }
+            postings = _move(client_account(client, sub), "house:custody_fees", code, paid)
+            drafts.append(("fee_charged", data, postings))
+    drafts.append(
+        (
+            "custody_fees_accrued",
+            {"day": day, "charges": len(drafts), "unpaid_units": str(unpaid)},
+            (),
+        )
+    )
+    return drafts
+
+
 def check_trust_rules(state: LedgerState, cmd: c.CheckTrustRules, ctx: Context) -> list[Draft]:
     """Rejections: none; records the current position of every virtual asset."""
     codes = sorted({s for (a, s) in state.balances if asset(s).is_virtual})
@@ -690,5 +736,6 @@ TRADING_DECIDERS: dict[str, Callable[[LedgerState, Any, Context], list[Draft]]] 
     "move_custody": move_custody,
     "approve_custody_move": approve_custody_move,
     "fund_insurance": fund_insurance,
+    "accrue_custody_fees": accrue_custody_fees,
     "check_trust_rules": check_trust_rules,
 }

@@ -87,6 +87,8 @@ REJECTION_CODES: Final[dict[str, str]] = {
     "unknown_move": "no custody move with this id",
     "move_not_pending": "the custody move was already executed",
     "insufficient_wallet_balance": "the source wallet holds less than the amount",
+    "accrual_not_due": "custody fees are accrued for a day once it is over",
+    "already_accrued": "custody fees for this day were accrued before",
 }
 
 

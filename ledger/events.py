@@ -53,6 +53,7 @@ EventType = Literal[
     "trust_rule_restored",
     "trust_rules_checked",
     "insurance_funded",
+    "custody_fees_accrued",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 

@@ -163,6 +163,7 @@ class TradingState:
     shared_limits: dict[str, str] = field(default_factory=dict)  # asset -> units
     custody_moves: dict[str, dict[str, Any]] = field(default_factory=dict)
     breaches: list[str] = field(default_factory=list)  # assets whose cold rule is broken
+    custody_accruals: list[str] = field(default_factory=list)  # days already charged
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -291,6 +292,10 @@ def _trust_rule_restored(t: TradingState, d: Mapping[str, Any]) -> None:
         t.breaches.remove(d["asset"])
 
 
+def _custody_fees_accrued(t: TradingState, d: Mapping[str, Any]) -> None:
+    t.custody_accruals.append(d["day"])
+
+
 TRADING_APPLIERS: dict[str, Callable[[TradingState, Mapping[str, Any]], None]] = {
     "fee_schedule_set": _fee_schedule_set,
     "client_tier_set": _client_tier_set,
@@ -309,4 +314,5 @@ TRADING_APPLIERS: dict[str, Callable[[TradingState, Mapping[str, Any]], None]] =
     "custody_moved": _custody_moved,
     "trust_rule_breached": _trust_rule_breached,
     "trust_rule_restored": _trust_rule_restored,
+    "custody_fees_accrued": _custody_fees_accrued,
 }

@@ -180,9 +180,11 @@ def verify() -> None:
 
 @app.command()
 def schema(out: Path = typer.Option(docs.SCHEMAS_DIR, help="directory for the files")) -> None:
-    """Write the JSON schemas of the public command and event formats."""
+    """Write the JSON schemas of the public formats and the README's rejection-code table."""
     for path in docs.write_schemas(out):
         console.print(f"wrote {path}")
+    docs.update_readme()
+    console.print(f"updated {docs.README_PATH}")
 
 
 # --- Read side: balances / pnl / trust-reserve / explain / replay / projection-hash ---------

@@ -24,7 +24,7 @@ from primeledger.scenario import SimClock, trading_day
 from primeledger.services import Services
 from projections import queries, reports
 
-console = Console()
+console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes
 
 
 def _days_to_play(today: date) -> date:

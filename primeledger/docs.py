@@ -30,6 +30,26 @@ def dumps(document: dict[str, Any]) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
+README_PATH = Path("README.md")
+_CODES_HEADER = "| code | meaning |\n|---|---|\n"
+
+
+def rejection_table() -> str:
+    from ledger.errors import REJECTION_CODES
+
+    return _CODES_HEADER + "".join(f"| `{k}` | {v} |\n" for k, v in REJECTION_CODES.items())
+
+
+def update_readme(path: Path = README_PATH) -> None:
+    """Rewrite the README's rejection-code table from ``REJECTION_CODES``."""
+    text = path.read_text()
+    start = text.index(_CODES_HEADER)
+    end = start + len(_CODES_HEADER)
+    while text.startswith("| `", end):
+        end = text.index("\n", end) + 1
+    path.write_text(text[:start] + rejection_table() + text[end:])
+
+
 def write_asyncapi(path: Path = ASYNCAPI_PATH) -> Path:
     from streams.asyncapi import document
 

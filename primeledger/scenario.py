@@ -497,6 +497,14 @@ def _end_of_day(key: Callable[[str], str], day: date) -> Iterator[Command]:
 
 
 def _next_day(key: Callable[[str], str], day: date) -> Iterator[Command]:
+    previous = day - timedelta(days=1)
+    while previous.weekday() >= 5:
+        previous -= timedelta(days=1)
+    yield {
+        "type": "accrue_custody_fees",
+        "key": key("custody-fees"),
+        "day": previous.isoformat(),
+    }
     yield {
         "type": "settle_net",
         "key": key("net-affiliate"),

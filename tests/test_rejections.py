@@ -211,6 +211,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "approve_custody_move": {"move": "mv-pending", "approver": "ops2"},
     "check_trust_rules": {},
     "fund_insurance": {"asset": "BTC", "amount": "10", "policy": "policy-1"},
+    "accrue_custody_fees": {"day": (T_SETUP - timedelta(days=1)).date().isoformat()},
 }
 
 
@@ -840,6 +841,16 @@ TABLES: dict[str, list[Case]] = {
             setup=(cmd("set_shared_book_limit", limit="300.00"),),
         ),
     ],
+    "accrue_custody_fees": [
+        ok("a day that is over", cmd("accrue_custody_fees"), "custody_fees_accrued"),
+        no("today", cmd("accrue_custody_fees", day=T0.date().isoformat()), "accrual_not_due"),
+        no(
+            "twice",
+            cmd("accrue_custody_fees"),
+            "already_accrued",
+            setup=(cmd("accrue_custody_fees"),),
+        ),
+    ],
     "fund_insurance": [
         ok("BTC cover", cmd("fund_insurance"), "insurance_funded"),
         no("unknown asset", cmd("fund_insurance", asset="XYZ"), "unknown_asset"),
@@ -1282,6 +1293,7 @@ EXCLUSIVE = {
     "cancel_order",
     "set_fee_schedule",
     "check_trust_rules",
+    "accrue_custody_fees",
 }
 
 

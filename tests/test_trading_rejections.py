@@ -144,6 +144,7 @@ def world_snapshot() -> bytes:
     w.trade("dry", "sell", "2", "T+1", "lp-b")
 
     w.now = WEDNESDAY
+    w.ok("accrue_custody_fees", day="2026-11-16")
     w.trade("done", "buy", "0.1", "T+0", "lp-c")  # settled at once
     w.trade("future", "buy", "0.1", "T+1", "lp-a")  # due Thursday
     w.trade("cancelled", "buy", "0.1", "T+1", "lp-a")
@@ -295,6 +296,7 @@ VALID: dict[str, dict[str, Any]] = {
     },
     "set_shared_book_limit": {"asset": "USD", "limit": "500000"},
     "fund_insurance": {"asset": "BTC", "amount": "10", "policy": "policy-1"},
+    "accrue_custody_fees": {"day": "2026-11-17"},
     "move_custody": {
         "move": "m-new",
         "asset": "BTC",
@@ -410,6 +412,8 @@ CASES = [
         quantity="0.00000001",
     ),
     case("record_fill", "insufficient_wallet_balance", order="o-sell", quantity="1"),
+    case("accrue_custody_fees", "accrual_not_due", day="2026-11-18"),
+    case("accrue_custody_fees", "already_accrued", day="2026-11-16"),
     case("fund_insurance", "unknown_asset", asset="XYZ"),
     case("fund_insurance", "invalid_amount", amount="0"),
     case("set_shared_book_limit", "unknown_asset", asset="XYZ"),
@@ -674,6 +678,7 @@ EXCLUSIVE = {
     "fail_settlement": "a trade that does not exist cannot be settled or cancelled",
     "cancel_trade": "a trade that does not exist cannot be settled or cancelled",
     "cancel_order": "an order that does not exist cannot be filled or cancelled",
+    "accrue_custody_fees": "a day that is not over cannot have been accrued",
 }
 
 
