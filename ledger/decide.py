@@ -136,13 +136,33 @@ def detect_crypto_deposit(
     return [("crypto_deposit_detected", data, ())]
 
 
+def live(
+    records: dict[str, dict[str, Any]],
+    record_id: str,
+    *,
+    field: str,
+    unknown: str,
+    closed: str,
+    status: str = "open",
+) -> dict[str, Any]:
+    """The record of a flow that must still be in ``status``: else ``unknown`` or ``closed``."""
+    found = records.get(record_id)
+    if found is None:
+        raise Rejection(unknown, f"{field}: no {field} {record_id!r}")
+    if found["status"] != status:
+        raise Rejection(closed, f"{field}: {record_id!r} is {found['status']}")
+    return found
+
+
 def _pending_deposit(state: LedgerState, tx_hash: str) -> dict[str, Any]:
-    deposit = state.crypto_deposits.get(tx_hash)
-    if deposit is None:
-        raise Rejection("unknown_deposit", f"tx_hash: no deposit {tx_hash!r}")
-    if deposit["status"] != "pending":
-        raise Rejection("deposit_not_pending", f"tx_hash: deposit is {deposit['status']}")
-    return deposit
+    return live(
+        state.crypto_deposits,
+        tx_hash,
+        field="tx_hash",
+        unknown="unknown_deposit",
+        closed="deposit_not_pending",
+        status="pending",
+    )
 
 
 def confirm_crypto_deposit(
@@ -231,12 +251,14 @@ def request_withdrawal(state: LedgerState, cmd: c.RequestWithdrawal, ctx: Contex
 
 
 def _pending_withdrawal(state: LedgerState, withdrawal: str) -> dict[str, Any]:
-    found = state.withdrawals.get(withdrawal)
-    if found is None:
-        raise Rejection("unknown_withdrawal", f"withdrawal: no withdrawal {withdrawal!r}")
-    if found["status"] != "pending":
-        raise Rejection("withdrawal_not_pending", f"withdrawal: it is {found['status']}")
-    return found
+    return live(
+        state.withdrawals,
+        withdrawal,
+        field="withdrawal",
+        unknown="unknown_withdrawal",
+        closed="withdrawal_not_pending",
+        status="pending",
+    )
 
 
 def approve_withdrawal(state: LedgerState, cmd: c.ApproveWithdrawal, ctx: Context) -> list[Draft]:
@@ -358,12 +380,7 @@ def place_hold(state: LedgerState, cmd: c.PlaceHold, ctx: Context) -> list[Draft
 
 
 def _open_hold(state: LedgerState, hold: str) -> dict[str, Any]:
-    found = state.holds.get(hold)
-    if found is None:
-        raise Rejection("unknown_hold", f"hold: no hold {hold!r}")
-    if found["status"] != "open":
-        raise Rejection("hold_not_open", f"hold: it is {found['status']}")
-    return found
+    return live(state.holds, hold, field="hold", unknown="unknown_hold", closed="hold_not_open")
 
 
 def post_hold(state: LedgerState, cmd: c.PostHold, ctx: Context) -> list[Draft]:

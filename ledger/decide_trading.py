@@ -12,7 +12,7 @@ from typing import Any
 
 from ledger import commands as c
 from ledger.accounts import Bucket, client_account
-from ledger.decide import Context, Draft, _client, _funds, _money, _move, _units
+from ledger.decide import Context, Draft, _client, _funds, _money, _move, _units, live
 from ledger.errors import Rejection
 from ledger.journal import Posting
 from ledger.money import asset, format_units
@@ -93,12 +93,8 @@ def request_quote(state: LedgerState, cmd: c.RequestQuote, ctx: Context) -> list
 
 
 def _open_rfq(state: LedgerState, rfq: str) -> dict[str, Any]:
-    found = state.trading.rfqs.get(rfq)
-    if found is None:
-        raise Rejection("unknown_rfq", f"rfq: no rfq {rfq!r}")
-    if found["status"] != "open":
-        raise Rejection("quote_used", f"rfq: already {found['status']}; its quotes are used")
-    return found
+    # A filled RFQ's quotes are used: accepting one again is "quote_used".
+    return live(state.trading.rfqs, rfq, field="rfq", unknown="unknown_rfq", closed="quote_used")
 
 
 def submit_quote(state: LedgerState, cmd: c.SubmitQuote, ctx: Context) -> list[Draft]:
@@ -270,12 +266,8 @@ def _booked(state: LedgerState, trade: dict[str, Any], extra: tuple[Posting, ...
 
 
 def _open_trade(state: LedgerState, trade: str) -> dict[str, Any]:
-    found = state.trading.trades.get(trade)
-    if found is None:
-        raise Rejection("unknown_trade", f"trade: no trade {trade!r}")
-    if found["status"] != "open":
-        raise Rejection("trade_not_open", f"trade: it is {found['status']}")
-    return found
+    trades = state.trading.trades
+    return live(trades, trade, field="trade", unknown="unknown_trade", closed="trade_not_open")
 
 
 def settle_trade(state: LedgerState, cmd: c.SettleTrade, ctx: Context) -> list[Draft]:
@@ -395,12 +387,8 @@ def place_order(state: LedgerState, cmd: c.PlaceOrder, ctx: Context) -> list[Dra
 
 
 def _live_order(state: LedgerState, order: str) -> dict[str, Any]:
-    found = state.trading.orders.get(order)
-    if found is None:
-        raise Rejection("unknown_order", f"order: no order {order!r}")
-    if found["status"] != "open":
-        raise Rejection("order_not_open", f"order: it is {found['status']}")
-    return found
+    orders = state.trading.orders
+    return live(orders, order, field="order", unknown="unknown_order", closed="order_not_open")
 
 
 def _release_order(order: dict[str, Any], units: int) -> tuple[Posting, ...]:
@@ -583,11 +571,15 @@ def approve_custody_move(
 ) -> list[Draft]:
     """Rejections: unknown_move, move_not_pending, approver_is_requester,
     insufficient_wallet_balance."""
-    move = state.trading.custody_moves.get(cmd.move)
-    if move is None:
-        raise Rejection("unknown_move", f"move: no custody move {cmd.move!r}")
-    if move["status"] != "pending":
-        raise Rejection("move_not_pending", f"move: it is {move['status']}")
+    moves = state.trading.custody_moves
+    move = live(
+        moves,
+        cmd.move,
+        field="move",
+        unknown="unknown_move",
+        closed="move_not_pending",
+        status="pending",
+    )
     if cmd.approver == move["requester"]:
         raise Rejection("approver_is_requester", "approver: maker-checker needs another person")
     units, code = int(move["units"]), move["asset"]
