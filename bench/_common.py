@@ -8,7 +8,9 @@ JSON object, for scripts that collect results.
 
 The server is an embedded PostgreSQL in a temporary directory, started and stopped by the
 benchmark, unless ``PRIMELEDGER_DATABASE_URL`` names an external one (its role must be allowed
-to create databases: every run gets a database of its own).
+to create databases: every run gets a database of its own). Likewise the Kafka-protocol broker
+is an embedded Tansu unless ``PRIMELEDGER_KAFKA_BOOTSTRAP`` names one; every run gets topics
+of its own.
 """
 
 from __future__ import annotations
@@ -18,20 +20,28 @@ import contextlib
 import json
 import math
 import os
+import random
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
 from ledger.application import Ledger
+from ledger.money import format_units
 from ledger.results import CommandResult
-from primeledger.services import EmbeddedPostgres, drop_database, ensure_database
+from primeledger.services import EmbeddedPostgres, TansuBroker, drop_database, ensure_database
+from streams.contract import TopicSpec
+from streams.topics import Topics
 
 DATABASE_URL_ENV = "PRIMELEDGER_DATABASE_URL"
+KAFKA_BOOTSTRAP_ENV = "PRIMELEDGER_KAFKA_BOOTSTRAP"
 # Everything goes to stdout, the JSON line last. A fixed width keeps rich from squeezing
 # the table when stdout is a pipe (it assumes 80 columns there).
 console = Console(width=110)
@@ -85,6 +95,66 @@ def fresh_database(server_url: str, prefix: str) -> Iterator[str]:
         yield url
     finally:
         drop_database(server_url, name)
+
+
+# --- Kafka ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def kafka_broker() -> Iterator[str]:
+    """Bootstrap of a Kafka-protocol broker: external if configured, else an embedded Tansu."""
+    external = os.environ.get(KAFKA_BOOTSTRAP_ENV)
+    if external:
+        yield external
+        return
+    with tempfile.TemporaryDirectory(prefix="primeledger-bench-kafka-") as home:
+        broker = TansuBroker(None, Path(home) / "tansu.log")
+        broker.start()
+        try:
+            yield broker.bootstrap
+        finally:
+            broker.stop()
+
+
+@contextlib.contextmanager
+def fresh_topic(bootstrap: str, prefix: str, partitions: int = 6) -> Iterator[TopicSpec]:
+    """A new topic for one run (runs never read each other's messages), deleted afterwards:
+    Tansu keeps every message in memory."""
+    spec = TopicSpec(
+        f"bench.{prefix}.{uuid.uuid4().hex[:8]}",
+        partitions,
+        {"cleanup.policy": "delete", "retention.ms": "-1"},
+    )
+    with Topics(bootstrap) as topics:
+        topics.ensure([spec])
+    try:
+        yield spec
+    finally:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="primeledger-bench")
+        try:
+            admin.delete_topics([spec.name])
+        except KafkaError as err:  # only the broker's memory is at stake
+            note(f"[yellow]could not delete topic {spec.name}: {err!r}[/yellow]")
+        finally:
+            admin.close()
+
+
+def kafka_crc32c() -> str:
+    """Which CRC-32C kafka-python computes record batches with: "c" (the ``crc32c`` package)
+    or "python" (its pure-Python fallback, several times slower per message)."""
+    from kafka.record import util
+
+    return "c" if getattr(util, "crc32c_c", None) is not None else "python"
+
+
+def note_kafka_crc32c() -> str:
+    found = kafka_crc32c()
+    if found == "python":
+        note(
+            "[yellow]kafka-python computes CRC-32C in pure Python here (the crc32c package is "
+            "not installed): every Kafka producer in this run is CPU-bound on it[/yellow]"
+        )
+    return found
 
 
 # --- Statistics ------------------------------------------------------------------------
@@ -166,6 +236,66 @@ def open_funded_clients(
     for start in range(0, len(commands), chunk):
         require_accepted(ledger.submit(commands[start : start + chunk]), "funding clients")
     return clients
+
+
+def transfer_commands(
+    clients: Sequence[str],
+    count: int,
+    *,
+    seed: int,
+    prefix: str = "t",
+    sub_accounts: tuple[str, str] = ("a", "b"),
+    asset: str = "USD",
+    max_units: int = 10_000,
+) -> list[dict[str, Any]]:
+    """``count`` transfers between the two sub-accounts of random clients, 0.01..100.00 each:
+    far less than any funded balance, so every one is accepted."""
+    rng = random.Random(seed)
+    commands = []
+    for index in range(count):
+        source, target = rng.sample(sub_accounts, 2)
+        commands.append(
+            {
+                "type": "transfer",
+                "key": f"{prefix}-{seed}-{index}",
+                "client": rng.choice(clients),
+                "from_sub_account": source,
+                "to_sub_account": target,
+                "asset": asset,
+                "amount": format_units(rng.randint(1, max_units), asset),
+            }
+        )
+    return commands
+
+
+def submit_all(
+    ledger: Ledger, commands: Sequence[dict[str, Any]], *, chunk: int = 500, threads: int = 4
+) -> None:
+    """Submit in chunks from several threads (so the writer's group commit fills its batches);
+    every command must be accepted."""
+    chunks = iter([list(commands[i : i + chunk]) for i in range(0, len(commands), chunk)])
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        while True:
+            with lock:
+                mine = next(chunks, None)
+                if mine is None or errors:
+                    return
+            try:
+                require_accepted(ledger.submit(mine), "submitting")
+            except BaseException as exc:  # reported below, never swallowed
+                with lock:
+                    errors.append(exc)
+
+    workers = [threading.Thread(target=drive, daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise BenchmarkFailedError(f"submitting failed: {errors[0]!r}") from errors[0]
 
 
 # --- Output ----------------------------------------------------------------------------

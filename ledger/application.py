@@ -15,6 +15,7 @@ rebuilds its state from the store before it takes new commands. Callers get
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -108,7 +109,11 @@ class Ledger:
 
     def _fresh_processor(self, head: int | None = None) -> Processor:
         state = load_state(self.store, head)
-        return Processor(self.name, state, clock=self._clock, load_body=self.store.event_body)
+        processor = Processor(self.name, state, clock=self._clock, load_body=self.store.event_body)
+        processor.knows_all = not self.store.has_commands()
+        # The state is long-lived: keep the collector from rescanning it on every batch.
+        gc.freeze()
+        return processor
 
     # --- public API ----------------------------------------------------------------------
     def submit(self, commands: Sequence[RawCommand]) -> list[CommandResult]:
@@ -246,6 +251,8 @@ class Ledger:
         self._commits.put(_Batch(generation, expected_head, tickets, events, records, snapshot))
 
     def _load_known(self, processor: Processor, tickets: list[_Ticket]) -> None:
+        if processor.knows_all:
+            return
         keys = []
         for ticket in tickets:
             for raw in ticket.commands:

@@ -53,6 +53,9 @@ class Processor:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.load_body = load_body
         self.known: OrderedDict[str, CommandRecord] = OrderedDict()
+        # True while ``known`` holds every key of the ledger (a new ledger, nothing evicted):
+        # then a key missing from it is new, and the store need not be asked.
+        self.knows_all = False
         self.recent: OrderedDict[int, Entry] = OrderedDict()
         self._last_time = datetime.min.replace(tzinfo=UTC)
 
@@ -148,6 +151,7 @@ class Processor:
         self.known[record.key] = record
         if len(self.known) > KNOWN_KEYS:
             self.known.popitem(last=False)
+            self.knows_all = False
         outcome.record = record
         return outcome
 

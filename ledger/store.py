@@ -215,6 +215,17 @@ class LedgerStore:
                 for r in curs.fetchall()
             }
 
+    def has_commands(self) -> bool:
+        """Whether any idempotency record exists for this ledger."""
+        with self.datastore.transaction() as curs:
+            curs.execute(
+                SQL("SELECT 1 FROM {s}.primeledger_commands WHERE ledger = %s LIMIT 1").format(
+                    s=self._schema
+                ),
+                (self.ledger,),
+            )
+            return curs.fetchone() is not None
+
     def latest_snapshot(self, at_most: int) -> tuple[int, bytes] | None:
         with self.datastore.transaction() as curs:
             curs.execute(

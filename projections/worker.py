@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -81,6 +82,9 @@ class WorkerConfig:
     batch_max: int = 2000
     max_attempts: int = 3
     poll_timeout_ms: int = 200
+    # aiokafka's default (500 ms) makes the broker hold each fetch until it fills: most of the
+    # end-to-end lag at a few thousand events/s. 20 ms keeps lag low at little cost.
+    fetch_max_wait_ms: int = 20
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
     # Tansu joins a group in about half the session timeout (STACK-NOTES).
@@ -124,6 +128,9 @@ class ProjectionWorker:
         """Consume until ``stop`` is set."""
         config = self.config
         await asyncio.to_thread(self._setup_database)
+        # Start-up objects live for the worker's life: a full collection need not walk them
+        # (its pauses were the worst part of the lag's p99).
+        gc.freeze()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=config.bootstrap,
             group_id=config.group_id,
@@ -131,6 +138,7 @@ class ProjectionWorker:
             auto_offset_reset="earliest",
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms,
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
         )
         self._producer = AIOKafkaProducer(
             bootstrap_servers=config.bootstrap, acks="all", enable_idempotence=False
