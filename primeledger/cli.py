@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -143,7 +144,12 @@ def submit(
     fmt: str = FormatOption,
 ) -> None:
     """Submit commands to the ledger's single writer and print each result."""
-    raw = sys.stdin.read() if path == "-" else Path(path).read_text()
+    output = _format(fmt)  # a bad option is refused before anything is written
+    try:
+        raw = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        err_console.print(f"[bold red]error:[/] {path}: cannot read it: {exc.strerror}")
+        raise typer.Exit(2) from exc
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -156,7 +162,7 @@ def submit(
     settings = load_settings()
     with Ledger(_urls().database_url, settings.ledger) as ledger:
         results = ledger.submit(commands)
-    emit([r.as_dict() for r in results], _format(fmt), "results")
+    emit([r.as_dict() for r in results], output, "results")
     if any(not r.accepted for r in results):
         raise typer.Exit(1)
 
@@ -190,6 +196,21 @@ def schema(out: Path = typer.Option(docs.SCHEMAS_DIR, help="directory for the fi
 # --- Read side: balances / pnl / trust-reserve / explain / replay / projection-hash ---------
 
 
+@contextlib.contextmanager
+def _read_models() -> Iterator[None]:
+    """Turn "the read models were never built" into one line saying what to run."""
+    try:
+        yield
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName, KeyError) as exc:
+        err_console.print(
+            "[bold red]error:[/] the read models do not exist yet: run the projection workers"
+            " (`primeledger run` or `primeledger project`) or build them with"
+            " `primeledger replay --projection balances --projection pnl"
+            " --projection trust-reserve`"
+        )
+        raise typer.Exit(1) from exc
+
+
 def _as_of(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -210,17 +231,19 @@ def balances(
     fmt: str = FormatOption,
 ) -> None:
     """Per client, sub-account and asset: every bucket and the total."""
+    output = _format(fmt)
     settings, url = load_settings(), _urls().database_url
     if source == "ledger":
         state = load_state(LedgerStore(url, settings.ledger, create=False), position)
         rows = _ledger_balances(state, client)
     elif source == "projections":
-        found = queries.balances(url, settings.ledger, client, _as_of(as_of), position)
+        with _read_models():
+            found = queries.balances(url, settings.ledger, client, _as_of(as_of), position)
         rows = [b.to_json() for b in found]
     else:
         err_console.print(f"[bold red]error:[/] --source: {source!r} is not projections or ledger")
         raise typer.Exit(2)
-    emit(rows, _format(fmt), f"balances ({source})")
+    emit(rows, output, f"balances ({source})")
 
 
 def _ledger_balances(state: LedgerState, client: str | None) -> list[dict[str, Any]]:
@@ -244,9 +267,11 @@ def pnl(
     view: str = typer.Option("totals", help="totals, by-day or positions"),
 ) -> None:
     """P&L by sub-account: realised (FIFO or average), fees, unrealised at the latest marks."""
-    report = queries.pnl(
-        _urls().database_url, load_settings().ledger, client, currency, _as_of(as_of)
-    )
+    output = _format(fmt)
+    with _read_models():
+        report = queries.pnl(
+            _urls().database_url, load_settings().ledger, client, currency, _as_of(as_of)
+        )
     body = report.to_json()
     if view == "totals":
         rows = [{"sub_account": key, **figures} for key, figures in body["totals"].items()]
@@ -258,7 +283,7 @@ def pnl(
         err_console.print(f"[bold red]error:[/] --view: {view!r} is not totals, by-day, positions")
         raise typer.Exit(2)
     title = f"P&L in {currency} ({body['cost_method']}) — {view}"
-    emit(rows, _format(fmt), title)
+    emit(rows, output, title)
     if body["unpriced"] and fmt == "table":
         console.print(f"no mark into {currency} for: {', '.join(body['unpriced'])}")
 
@@ -268,8 +293,10 @@ def trust_reserve(
     as_of: str | None = typer.Option(None, "--as-of", help="ISO time"), fmt: str = FormatOption
 ) -> None:
     """Per asset: client liabilities vs holdings on trust, cold ratio (98%), cover, alerts."""
-    found = queries.trust_reserve(_urls().database_url, load_settings().ledger, _as_of(as_of))
-    emit([p.to_json() for p in found], _format(fmt), "trust reserve")
+    output = _format(fmt)
+    with _read_models():
+        found = queries.trust_reserve(_urls().database_url, load_settings().ledger, _as_of(as_of))
+    emit([p.to_json() for p in found], output, "trust reserve")
 
 
 @app.command()
@@ -280,9 +307,10 @@ def explain(
     fmt: str = FormatOption,
 ) -> None:
     """The events whose postings sum to a client's balance of one asset."""
-    found = queries.explain(
-        _urls().database_url, load_settings().ledger, client, asset, sub_account
-    )
+    output = _format(fmt)
+    url, ledger = _urls().database_url, load_settings().ledger
+    with _read_models():
+        found = queries.explain(url, ledger, client, asset, sub_account)
     body = found.to_json()
     rows = [
         {
@@ -294,7 +322,7 @@ def explain(
         }
         for e in body["events"]
     ]
-    emit(rows, _format(fmt), f"{client} {asset}: balance {body['balance']}")
+    emit(rows, output, f"{client} {asset}: balance {body['balance']}")
     if fmt == "table":
         console.print(f"sum of the events: {body['sum_of_events']} (balance {body['balance']})")
 
@@ -302,7 +330,8 @@ def explain(
 @app.command("projection-hash")
 def projection_hash(name: str = typer.Argument(..., help="balances, pnl or trust-reserve")) -> None:
     """SHA-256 of a read model's canonical contents (equal for equal logs)."""
-    console.print(queries.projection_hash(_urls().database_url, name))
+    with _read_models():
+        console.print(queries.projection_hash(_urls().database_url, name))
 
 
 @app.command()
