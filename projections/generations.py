@@ -40,6 +40,9 @@ SHARED_SQL: Final = (
     "CREATE TABLE IF NOT EXISTS projection_offsets (group_id text NOT NULL, topic text NOT NULL,"
     " partition integer NOT NULL, next_offset bigint NOT NULL,"
     " PRIMARY KEY (group_id, topic, partition))",
+    # Offsets belong to one incarnation of a topic: a broker that lost the topic and got it
+    # back (republished by the relay) numbers the same events from 0 again.
+    "ALTER TABLE projection_offsets ADD COLUMN IF NOT EXISTS topic_id text",
 )
 _SCHEMA = re.compile(r"proj_[a-z_]+_g[0-9]+")
 

@@ -62,6 +62,7 @@ from streams.contract import (
     H_SCHEMA,
     H_SOURCE,
 )
+from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 MAX_REASON: Final = 1000  # characters of a dead-letter reason header
@@ -122,6 +123,7 @@ class ProjectionWorker:
         self._producer: AIOKafkaProducer | None = None
         self._busy = asyncio.Lock()  # held while a batch is in PostgreSQL (see _Listener)
         self.floors: dict[TopicPartition, int] = {}  # PostgreSQL's offsets at assignment
+        self.topic_ids: dict[str, str | None] = {}  # incarnation of each assigned topic
 
     # --- lifecycle ---------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -173,14 +175,25 @@ class ProjectionWorker:
                     model.check_method(cur, live[model.name])  # fail at start, not per batch
 
     def stored_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        """The next offsets PostgreSQL holds for this group (own connection: any thread)."""
+        """The next offsets PostgreSQL holds for this group (own connection: any thread).
+
+        Offsets stored for another incarnation of a topic (the broker lost it and the relay
+        republished) are ignored: that topic starts again from 0, and the applied positions
+        make the events seen before no-ops.
+        """
         wanted = {(tp.topic, tp.partition): tp for tp in partitions}
+        self.topic_ids = {topic: _topic_id(self.config.bootstrap, topic) for topic, _ in wanted}
         with psycopg.connect(self.config.database_url, autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT topic, partition, next_offset FROM projection_offsets WHERE group_id = %s",
+                "SELECT topic, partition, next_offset, topic_id FROM projection_offsets"
+                " WHERE group_id = %s",
                 (self.config.group_id,),
             ).fetchall()
-        return {wanted[(t, p)]: int(o) for t, p, o in rows if (t, p) in wanted}
+        return {
+            wanted[(t, p)]: int(o)
+            for t, p, o, topic_id in rows
+            if (t, p) in wanted and (topic_id is None or topic_id == self.topic_ids.get(t))
+        }
 
     def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
         """Point newly assigned partitions at PostgreSQL's offsets (blocks a few ms)."""
@@ -283,7 +296,7 @@ class ProjectionWorker:
                 duplicates = max(duplicates, len(events) - len(fresh))
                 if isinstance(model, ClientBalances) and self.config.balances_topic and fresh:
                     feed = model.feed(cur, live[model.name], fresh)
-            _store_offsets(cur, self.config.group_id, offsets)
+            _store_offsets(cur, self.config.group_id, offsets, self.topic_ids)
         self.stats.batches += 1
         self.stats.applied += len(applied)
         self.stats.duplicates += duplicates
@@ -395,23 +408,36 @@ def _offsets_of(
 
 
 def _store_offsets(
-    cur: psycopg.Cursor[Any], group: str, offsets: dict[TopicPartition, int]
+    cur: psycopg.Cursor[Any],
+    group: str,
+    offsets: dict[TopicPartition, int],
+    topic_ids: dict[str, str | None],
 ) -> None:
     if not offsets:
         return
     items = sorted(offsets.items())
     cur.execute(
-        "INSERT INTO projection_offsets AS o (group_id, topic, partition, next_offset)"
-        " SELECT %s, * FROM unnest(%s::text[], %s::int[], %s::bigint[])"
-        " ON CONFLICT (group_id, topic, partition)"
-        " DO UPDATE SET next_offset = GREATEST(o.next_offset, excluded.next_offset)",
+        "INSERT INTO projection_offsets AS o (group_id, topic, partition, next_offset, topic_id)"
+        " SELECT %s, * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[])"
+        " ON CONFLICT (group_id, topic, partition) DO UPDATE SET"
+        " next_offset = CASE WHEN o.topic_id IS DISTINCT FROM excluded.topic_id"
+        " THEN excluded.next_offset ELSE GREATEST(o.next_offset, excluded.next_offset) END,"
+        " topic_id = excluded.topic_id",
         (
             group,
             [tp.topic for tp, _ in items],
             [tp.partition for tp, _ in items],
             [o for _, o in items],
+            [topic_ids.get(tp.topic) for tp, _ in items],
         ),
     )
+
+
+def _topic_id(bootstrap: str, topic: str) -> str | None:
+    """The broker's id for the current incarnation of a topic (None if it has none)."""
+    with Topics(bootstrap) as topics:
+        info = topics.describe(topic)
+    return info.topic_id if info is not None else None
 
 
 def _describe(exc: BaseException) -> str:
