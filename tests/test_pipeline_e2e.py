@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
