@@ -60,6 +60,7 @@ class _Ticket:
     value: Any = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    handed: bool = False  # in a batch on its way to the committer, which will answer it
 
     def finish(self, error: BaseException | None = None) -> None:
         self.error = error
@@ -154,7 +155,10 @@ class Ledger:
         if self._closed:
             raise RuntimeError(f"ledger {self.name!r} is closed")
         self._inbox.put(ticket)
-        ticket.done.wait()
+        # Never wait for ever on a writer that is gone: a dead thread is a fault to report.
+        while not ticket.done.wait(1.0):
+            if not (self._decider.is_alive() and self._committer.is_alive()):
+                raise LedgerFaultError(f"ledger {self.name!r}: the writer's threads stopped")
         if ticket.error is not None:
             raise ticket.error
         return ticket
@@ -177,7 +181,16 @@ class Ledger:
                     break
                 pending.append(more)
                 count += len(more.commands)
-            self._run(pending)
+            try:
+                self._run(pending)
+            except Exception as exc:
+                # The store failed while the writer rebuilt its state (or read it): nobody
+                # waiting may hang. What was handed to the committer is answered by it.
+                log.exception("ledger %s: the decider could not carry on", self.name)
+                self._reload = True
+                for ticket in pending:
+                    if not ticket.handed and not ticket.done.is_set():
+                        ticket.finish(StorageUnavailableError(f"not carried out, retry: {exc}"))
         self._commits.put(None)
 
     def _run(self, pending: list[_Ticket]) -> None:
@@ -248,6 +261,8 @@ class Ledger:
         if position - self._last_snapshot >= self.snapshot_every:
             snapshot = (position, processor.state.to_snapshot())
             self._last_snapshot = position
+        for ticket in tickets:
+            ticket.handed = True
         self._commits.put(_Batch(generation, expected_head, tickets, events, records, snapshot))
 
     def _load_known(self, processor: Processor, tickets: list[_Ticket]) -> None:
