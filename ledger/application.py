@@ -165,6 +165,12 @@ class Ledger:
 
     # --- decider -------------------------------------------------------------------------
     def _decide_loop(self) -> None:
+        try:
+            self._decide_until_closed()
+        finally:
+            self._commits.put(None)  # the committer stops after what is already queued
+
+    def _decide_until_closed(self) -> None:
         stopping = False
         while not stopping:
             first = self._inbox.get()
@@ -191,7 +197,6 @@ class Ledger:
                 for ticket in pending:
                     if not ticket.handed and not ticket.done.is_set():
                         ticket.finish(StorageUnavailableError(f"not carried out, retry: {exc}"))
-        self._commits.put(None)
 
     def _run(self, pending: list[_Ticket]) -> None:
         batch: list[_Ticket] = []

@@ -38,6 +38,7 @@ import gc
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -434,9 +435,17 @@ def _store_offsets(
 
 
 def _topic_id(bootstrap: str, topic: str) -> str | None:
-    """The broker's id for the current incarnation of a topic (None if it has none)."""
-    with Topics(bootstrap) as topics:
-        info = topics.describe(topic)
+    """The broker's id for the current incarnation of a topic (None if it has none).
+
+    If the broker cannot say, the answer matches no stored offsets: the worker then reads
+    the topic from 0, which the applied positions make safe (only slower), never skipping.
+    """
+    try:
+        with Topics(bootstrap) as topics:
+            info = topics.describe(topic)
+    except Exception:
+        log.warning("topic %s: its id is unknown; reading it from the start", topic, exc_info=True)
+        return f"unknown-{uuid.uuid4()}"
     return info.topic_id if info is not None else None
 
 

@@ -48,7 +48,7 @@ from projections.worker import ThreadedWorker, WorkerConfig, WorkerStats
 from streams.contract import TopicSpec
 from streams.relay import Relay
 from streams.relay_store import RelayLockedError
-from streams.topics import TopicError, Topics, ensure_topics
+from streams.topics import Topics, ensure_topics
 
 REPO: Final = Path(__file__).resolve().parents[1]
 # Bound of every wait on the stream. Generous on purpose: a loaded 2-core machine joins a
@@ -279,7 +279,7 @@ def topic_state(bootstrap: str, name: str) -> dict[str, Any] | str:
             if info is None:
                 return "missing"
             ends = topics.end_offsets(name, info.partitions)
-    except (TopicError, Exception) as exc:  # diagnostics must never hide the real failure
+    except Exception as exc:  # diagnostics must never hide the real failure
         return f"unknown ({exc!r})"
     return {"topic_id": info.topic_id, "partitions": info.partitions, "end_offsets": ends}
 
@@ -321,7 +321,7 @@ def filler_batches(clock: SimClock, seed: int, rounds: int) -> Iterator[list[Com
         ("harbour-lane", "main"),
         ("kowloon-quant", "stat-arb"),
     ]
-    prices = {"BTC": 65_000, "ETH": 3_400, "SOL": 145}
+    prices = {"BTC": 6_500_000, "ETH": 340_000, "SOL": 14_500}  # in cents
     for i in range(rounds):
         client, sub = rng.choice(accounts)
         batch: list[Command] = [
@@ -336,10 +336,9 @@ def filler_batches(clock: SimClock, seed: int, rounds: int) -> Iterator[list[Com
         ]  # fmt: skip
         if i % 3 == 0:
             asset = rng.choice(sorted(prices))
-            move = 1 + rng.randint(-300, 300) / 10_000
             batch.append(
                 {"type": "set_mark", "key": f"{tag}-{i}-mark", "asset": asset, "quote": "USD",
-                 "price": f"{prices[asset] * move:.2f}"}
+                 "price": _dollars(_moved(rng, prices[asset], 300))}
             )  # fmt: skip
         if i % 4 == 0:
             side = "buy" if i % 8 == 0 else "sell"
@@ -356,18 +355,27 @@ def _rfq(
     (realised P&L) and the hot wallet can always deliver.
     """
     valid = (now + timedelta(days=1)).isoformat()
-    price = prices["ETH"] * (1 + rng.randint(-200, 200) / 10_000)
+    price = _moved(rng, prices["ETH"], 200)
     quantity = f"0.{rng.randint(1, 9)}" if side == "buy" else "0.1"
     return [
         {"type": "request_quote", "key": rfq, "rfq": rfq, "client": "aurora-capital",
          "sub_account": "macro", "side": side, "base": "ETH", "quote": "USD",
          "quantity": quantity, "settlement": "T+0"},
         {"type": "submit_quote", "key": f"{rfq}-q1", "rfq": rfq, "quote_id": f"{rfq}-q1",
-         "provider": "lp-janus", "price": f"{price:.2f}", "valid_until": valid},
+         "provider": "lp-janus", "price": _dollars(price), "valid_until": valid},
         {"type": "submit_quote", "key": f"{rfq}-q2", "rfq": rfq, "quote_id": f"{rfq}-q2",
-         "provider": "lp-pacific", "price": f"{price + 1.5:.2f}", "valid_until": valid},
+         "provider": "lp-pacific", "price": _dollars(price + 150), "valid_until": valid},
         {"type": "accept_quote", "key": f"{rfq}-accept", "rfq": rfq},
     ]  # fmt: skip
+
+
+def _moved(rng: random.Random, cents: int, basis_points: int) -> int:
+    """A price moved at random by up to ``basis_points`` (integers: no float near money)."""
+    return cents * (10_000 + rng.randint(-basis_points, basis_points)) // 10_000
+
+
+def _dollars(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
 
 
 def scenario_start() -> datetime:

@@ -253,8 +253,9 @@ def test_relay_and_worker_killed_at_random_moments_lose_and_double_nothing(
 
     clock = SimClock(scenario_start())
     # Bursts of about 150 events: the relay (5 events a page) and the worker are busy with
-    # each burst for a while, and the kills below land in that while.
-    batches = workload(clock, seed=KILL_SEED, rounds=3000, burst=30)
+    # each burst for a while, and the kills below land in that while. The writer goes on
+    # until it is told to stop, however long a slow machine takes over the kills.
+    batches = workload(clock, seed=KILL_SEED, rounds=10**7, burst=30)
     submitter = Submitter(url, LEDGER, batches, clock, pause=0.3)
     try:
         for role in ("relay", "worker"):
