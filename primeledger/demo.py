@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 from rich.console import Console
 from rich.rule import Rule
@@ -20,7 +20,7 @@ from ledger.application import Ledger
 from ledger.audit import verify_ledger
 from primeledger.output import render
 from primeledger.pipeline import Pipeline
-from primeledger.scenario import SimClock, trading_day
+from primeledger.scenario import SimClock, previous_business_day, trading_day
 from primeledger.services import Services
 from projections import queries, reports
 
@@ -29,13 +29,7 @@ console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes
 
 def _days_to_play(today: date) -> date:
     """The first day of two recent business days, so the whole demo lies in the past."""
-    day = today - timedelta(days=1)
-    while day.weekday() >= 5:
-        day -= timedelta(days=1)
-    day -= timedelta(days=1)
-    while day.weekday() >= 5:
-        day -= timedelta(days=1)
-    return day
+    return previous_business_day(previous_business_day(today))
 
 
 def run_demo(services: Services) -> None:

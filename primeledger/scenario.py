@@ -53,6 +53,14 @@ def business_day(start: date) -> date:
     return day
 
 
+def previous_business_day(day: date) -> date:
+    """The last weekday before ``day``."""
+    day -= timedelta(days=1)
+    while day.weekday() >= 5:
+        day -= timedelta(days=1)
+    return day
+
+
 def trading_day(today: date) -> list[Phase]:
     """The phases of the day, each a list of commands with unique idempotency keys."""
     day = business_day(today)
@@ -497,9 +505,7 @@ def _end_of_day(key: Callable[[str], str], day: date) -> Iterator[Command]:
 
 
 def _next_day(key: Callable[[str], str], day: date) -> Iterator[Command]:
-    previous = day - timedelta(days=1)
-    while previous.weekday() >= 5:
-        previous -= timedelta(days=1)
+    previous = previous_business_day(day)
     yield {
         "type": "accrue_custody_fees",
         "key": key("custody-fees"),
