@@ -106,16 +106,17 @@ def parse_positive_units(text: str, asset_code: str, *, field: str = "amount") -
     return units
 
 
-_FORMATS: Final[dict[str, tuple[int, str]]] = {
-    code: (10**a.scale, f"0{a.scale}d") for code, a in ASSETS.items()
-}
+_SCALES: Final[dict[str, int]] = {code: a.scale for code, a in ASSETS.items()}
 
 
 def format_units(units: int, asset_code: str) -> str:
     """Integer minor units as a decimal string with exactly the asset's scale."""
-    found = _FORMATS.get(asset_code)
-    if found is None:
-        asset(asset_code)  # raises unknown_asset
-    one, spec = found  # type: ignore[misc]
-    whole, frac = divmod(-units if units < 0 else units, one)
-    return f"{'-' if units < 0 else ''}{whole}.{frac:{spec}}"
+    scale = _SCALES.get(asset_code)
+    if scale is None:
+        scale = asset(asset_code).scale  # raises unknown_asset
+    # String slicing beats divmod and a format spec on the writer's hot path.
+    digits = str(-units if units < 0 else units)
+    if scale == 0:
+        return f"-{digits}" if units < 0 else digits
+    digits = digits.rjust(scale + 1, "0")
+    return f"{'-' if units < 0 else ''}{digits[:-scale]}.{digits[-scale:]}"

@@ -56,7 +56,8 @@ class Processor:
         # True while ``known`` holds every key of the ledger (a new ledger, nothing evicted):
         # then a key missing from it is new, and the store need not be asked.
         self.knows_all = False
-        self.recent: OrderedDict[int, Entry] = OrderedDict()
+        # Positions are consecutive, so the oldest kept entry is always ``position - RECENT``.
+        self.recent: dict[int, Entry] = {}
         self._last_time = datetime.min.replace(tzinfo=UTC)
 
     def lookup(self, position: int) -> Entry | None:
@@ -142,9 +143,19 @@ class Processor:
 
     def _custody_checks(self, drafts: list[Draft]) -> list[Draft]:
         """After every event that moves custody holdings, check the 98% cold rule."""
-        postings = tuple(p for _, _, ps in drafts for p in ps)
-        touched = {code for account, code, _ in postings if account.startswith("custody:")}
-        return trust_alerts(self.state, touched, postings) if touched else []
+        # Most events never touch custody: a plain scan keeps that case cheap.
+        for _, _, postings in drafts:
+            for account, _, _ in postings:
+                if account.startswith("custody:"):
+                    break
+            else:
+                continue
+            break
+        else:
+            return []
+        every = tuple(p for _, _, ps in drafts for p in ps)
+        touched = {code for account, code, _ in every if account.startswith("custody:")}
+        return trust_alerts(self.state, touched, every)
 
     def _remember(self, outcome: Outcome, digest: str) -> Outcome:
         record = CommandRecord(outcome.result.key, digest, outcome.result.to_json())
@@ -157,5 +168,4 @@ class Processor:
 
     def _keep(self, entry: Entry) -> None:
         self.recent[entry.position] = entry
-        if len(self.recent) > RECENT_ENTRIES:
-            self.recent.popitem(last=False)
+        self.recent.pop(entry.position - RECENT_ENTRIES, None)

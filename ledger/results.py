@@ -23,15 +23,17 @@ class CommandResult:
         return self.status == "accepted"
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.as_dict())
+        return orjson.dumps(self.as_dict())  # tuples encode as JSON arrays
 
     def as_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"key": self.key, "status": self.status}
-        if self.accepted:
-            body |= {"positions": list(self.positions), "event_types": list(self.event_types)}
-        else:
-            body |= {"code": self.code, "message": self.message}
-        return body
+        if self.status == "accepted":
+            return {
+                "key": self.key,
+                "status": self.status,
+                "positions": list(self.positions),
+                "event_types": list(self.event_types),
+            }
+        return {"key": self.key, "status": self.status, "code": self.code, "message": self.message}
 
     @classmethod
     def from_json(cls, raw: bytes, *, replayed: bool = False) -> CommandResult:

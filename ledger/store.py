@@ -20,6 +20,7 @@ skips the lock (see STACK-NOTES).
 
 from __future__ import annotations
 
+import struct
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ from psycopg.sql import SQL, Identifier
 from ledger.errors import WriterFencedError
 
 EVENTS_TABLE = "primeledger_events"
+# PostgreSQL's binary COPY framing: signature, flags and header-extension length; -1 ends it.
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+_LENGTH = struct.Struct(">i")
+_INT8 = struct.Struct(">iq")  # a field's length (8) and the value
 _NAMESPACE = uuid.UUID("5d6c1f0e-8b7a-4c2e-9f41-0a1b2c3d4e5f")
 
 
@@ -180,22 +186,16 @@ class LedgerStore:
             "COPY {s}.{t} (originator_id, originator_version, topic, state)"
             " FROM STDIN (FORMAT BINARY)"
         ).format(s=self._schema, t=Identifier(EVENTS_TABLE))
-        originator = self.originator_id
         with curs.copy(statement) as copy:
-            copy.set_types(["uuid", "int8", "text", "bytea"])
-            for position, event_type, body in events:
-                copy.write_row((originator, position, event_type, body))
+            copy.write(encode_events(self.originator_id, events))
 
     def _copy_commands(self, curs: psycopg.Cursor[Any], commands: Sequence[CommandRecord]) -> None:
         statement = SQL(
             "COPY {s}.primeledger_commands (ledger, key, command_hash, result)"
             " FROM STDIN (FORMAT BINARY)"
         ).format(s=self._schema)
-        ledger = self.ledger
         with curs.copy(statement) as copy:
-            copy.set_types(["text", "text", "text", "bytea"])
-            for record in commands:
-                copy.write_row((ledger, record.key, record.command_hash, record.result))
+            copy.write(encode_commands(self.ledger, commands))
 
     # --- reads ---------------------------------------------------------------------------
     def find_commands(self, keys: Sequence[str]) -> dict[str, CommandRecord]:
@@ -263,3 +263,48 @@ class LedgerStore:
         for body in self.event_bodies(after=position - 1, until=position, page=1):
             return body
         return None
+
+
+# --- binary COPY -------------------------------------------------------------------------
+# The writer's batches are framed here as one buffer in PostgreSQL's binary COPY format, so
+# the committer spends about a microsecond per row instead of going through psycopg's per-row
+# adaptation (it holds the GIL the decider needs). The layout per row: the field count, then
+# each field as its byte length and its bytes.
+
+
+def encode_events(originator: uuid.UUID, events: Sequence[tuple[int, str, bytes]]) -> bytes:
+    """Rows ``(originator_id uuid, originator_version int8, topic text, state bytea)``."""
+    lead = b"\x00\x04" + _LENGTH.pack(16) + originator.bytes
+    length, int8 = _LENGTH.pack, _INT8.pack
+    topics: dict[str, bytes] = {}
+    parts = [_COPY_SIGNATURE]
+    for position, event_type, body in events:
+        topic = topics.get(event_type)
+        if topic is None:
+            encoded = event_type.encode()
+            topic = topics[event_type] = length(len(encoded)) + encoded
+        parts += (lead, int8(8, position), topic, length(len(body)), body)
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
+
+
+def encode_commands(ledger: str, commands: Sequence[CommandRecord]) -> bytes:
+    """Rows ``(ledger text, key text, command_hash text, result bytea)``."""
+    encoded = ledger.encode()
+    lead = b"\x00\x04" + _LENGTH.pack(len(encoded)) + encoded
+    length = _LENGTH.pack
+    parts = [_COPY_SIGNATURE]
+    for record in commands:
+        key, digest = record.key.encode(), record.command_hash.encode()
+        result = record.result
+        parts += (
+            lead,
+            length(len(key)),
+            key,
+            length(len(digest)),
+            digest,
+            length(len(result)),
+            result,
+        )
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
