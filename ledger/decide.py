@@ -261,10 +261,20 @@ def _pending_withdrawal(state: LedgerState, withdrawal: str) -> dict[str, Any]:
     )
 
 
+def _unexpired(found: dict[str, Any], field: str, code: str, ctx: Context) -> None:
+    """Past its expiry a flow may only be expired (which releases the funds), never completed:
+    the expiry is the control that bounds how long an approval or a hold stays good."""
+    if ctx.now >= datetime.fromisoformat(found["expires_at"]):
+        raise Rejection(
+            code, f"{field}: expired at {found['expires_at']}; expire it to release the funds"
+        )
+
+
 def approve_withdrawal(state: LedgerState, cmd: c.ApproveWithdrawal, ctx: Context) -> list[Draft]:
-    """Rejections: unknown_withdrawal, withdrawal_not_pending, approver_is_requester,
-    approver_not_eligible, already_approved."""
+    """Rejections: unknown_withdrawal, withdrawal_not_pending, withdrawal_expired,
+    approver_is_requester, approver_not_eligible, already_approved."""
     found = _pending_withdrawal(state, cmd.withdrawal)
+    _unexpired(found, "withdrawal", "withdrawal_expired", ctx)
     if cmd.approver == found["requester"]:
         raise Rejection("approver_is_requester", "approver: the requester may not approve")
     if cmd.approver not in found["approvers"]:
@@ -287,9 +297,10 @@ def _release(found: dict[str, Any]) -> tuple[Posting, ...]:
 
 
 def execute_withdrawal(state: LedgerState, cmd: c.ExecuteWithdrawal, ctx: Context) -> list[Draft]:
-    """Rejections: unknown_withdrawal, withdrawal_not_pending, not_enough_approvals,
-    insufficient_wallet_balance."""
+    """Rejections: unknown_withdrawal, withdrawal_not_pending, withdrawal_expired,
+    not_enough_approvals, insufficient_wallet_balance."""
     found = _pending_withdrawal(state, cmd.withdrawal)
+    _unexpired(found, "withdrawal", "withdrawal_expired", ctx)
     if len(found["approved_by"]) < found["approvals_required"]:
         raise Rejection(
             "not_enough_approvals",
@@ -384,8 +395,9 @@ def _open_hold(state: LedgerState, hold: str) -> dict[str, Any]:
 
 
 def post_hold(state: LedgerState, cmd: c.PostHold, ctx: Context) -> list[Draft]:
-    """Rejections: unknown_hold, hold_not_open, invalid_amount, hold_exceeded."""
+    """Rejections: unknown_hold, hold_not_open, hold_expired, invalid_amount, hold_exceeded."""
     found = _open_hold(state, cmd.hold)
+    _unexpired(found, "hold", "hold_expired", ctx)
     code, held_units = found["asset"], int(found["units"])
     units = held_units if cmd.amount is None else _units(cmd.amount, code)
     if units > held_units:

@@ -55,6 +55,8 @@ REJECTION_CODES: Final[dict[str, str]] = {
     "not_enough_approvals": "fewer than M approvals",
     "invalid_approval_policy": "M must be between 1 and N, approvers distinct, requester not one",
     "not_expired": "the expiry time has not been reached",
+    "withdrawal_expired": "the withdrawal is past its expiry: it can only be expired now",
+    "hold_expired": "the hold is past its expiry: it can only be expired now",
     "hold_exists": "a hold with this id exists",
     "unknown_hold": "no hold with this id",
     "hold_not_open": "the hold was already posted, voided or expired",

@@ -553,6 +553,7 @@ TABLES: dict[str, list[Case]] = {
             "rejected", cmd("approve_withdrawal", withdrawal="w-rejected"), "withdrawal_not_pending"
         ),
         no("expired", cmd("approve_withdrawal", withdrawal="w-expired"), "withdrawal_not_pending"),
+        no("past expiry", cmd("approve_withdrawal", withdrawal="w-due"), "withdrawal_expired"),
         no("requester", cmd("approve_withdrawal", approver="alice"), "approver_is_requester"),
         no("not an approver", cmd("approve_withdrawal", approver="eve"), "approver_not_eligible"),
         no("twice", cmd("approve_withdrawal", approver="bob"), "already_approved"),
@@ -572,7 +573,7 @@ TABLES: dict[str, list[Case]] = {
             "rejected", cmd("execute_withdrawal", withdrawal="w-rejected"), "withdrawal_not_pending"
         ),
         no("one of two", cmd("execute_withdrawal"), "not_enough_approvals"),
-        no("none of two", cmd("execute_withdrawal", withdrawal="w-due"), "not_enough_approvals"),
+        no("past expiry", cmd("execute_withdrawal", withdrawal="w-due"), "withdrawal_expired"),
         no(
             "hot wallet empty",
             cmd("execute_withdrawal", withdrawal="w-btc"),
@@ -672,6 +673,7 @@ TABLES: dict[str, list[Case]] = {
         no("posted", cmd("post_hold", hold="h-posted"), "hold_not_open"),
         no("voided", cmd("post_hold", hold="h-voided"), "hold_not_open"),
         no("expired", cmd("post_hold", hold="h-expired"), "hold_not_open"),
+        no("past expiry", cmd("post_hold", hold="h-due"), "hold_expired"),
         no("zero", cmd("post_hold", amount="0"), "invalid_amount"),
         no("three decimals", cmd("post_hold", amount="1.001"), "invalid_amount"),
         no("a cent more", cmd("post_hold", amount="50.01"), "hold_exceeded"),
@@ -1039,7 +1041,8 @@ PEELS: list[Peel] = [
         cmd("approve_withdrawal", withdrawal="nope", approver="alice"),
         (
             ("unknown_withdrawal", {"withdrawal": "w-executed"}),
-            ("withdrawal_not_pending", {"withdrawal": "w-pending"}),
+            ("withdrawal_not_pending", {"withdrawal": "w-due"}),
+            ("withdrawal_expired", {"withdrawal": "w-pending"}),
             ("approver_is_requester", {"approver": "eve"}),
             ("approver_not_eligible", {"approver": "bob"}),
             ("already_approved", {"approver": "carol"}),
@@ -1049,7 +1052,8 @@ PEELS: list[Peel] = [
         cmd("execute_withdrawal", withdrawal="nope"),
         (
             ("unknown_withdrawal", {"withdrawal": "w-rejected"}),  # rejected with no approvals
-            ("withdrawal_not_pending", {"withdrawal": "w-pending"}),
+            ("withdrawal_not_pending", {"withdrawal": "w-due"}),
+            ("withdrawal_expired", {"withdrawal": "w-pending"}),
             ("not_enough_approvals", {}),
         ),
         accepted_at_end=False,
@@ -1088,7 +1092,8 @@ PEELS: list[Peel] = [
         cmd("post_hold", hold="nope", amount="abc"),
         (
             ("unknown_hold", {"hold": "h-posted"}),
-            ("hold_not_open", {"hold": "h-open"}),
+            ("hold_not_open", {"hold": "h-due"}),
+            ("hold_expired", {"hold": "h-open"}),
             ("invalid_amount", {"amount": "50.01"}),
             ("hold_exceeded", {"amount": "50.00"}),
         ),
