@@ -27,7 +27,7 @@ REVERSIBLE = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per command on the hot path; never mutated
 class Context:
     """What a decider may know besides state: the writer's clock and earlier events."""
 
@@ -36,8 +36,7 @@ class Context:
 
 
 def _units(text: str, asset_code: str, field: str = "amount") -> int:
-    try:
-        asset(asset_code)
+    try:  # parse_units checks the asset first: unknown_asset before invalid_amount
         return parse_positive_units(text, asset_code, field=field)
     except MoneyError as exc:
         raise Rejection(exc.code, exc.message) from None

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from ledger.commands import Command, command_hash, parse_command
@@ -50,7 +51,7 @@ class Processor:
     ) -> None:
         self.ledger = ledger
         self.state = state
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or partial(datetime.now, UTC)
         self.load_body = load_body
         self.known: OrderedDict[str, CommandRecord] = OrderedDict()
         # True while ``known`` holds every key of the ledger (a new ledger, nothing evicted):
@@ -105,7 +106,9 @@ class Processor:
                 command.key, "rejected", code=rejection.code, message=rejection.message
             )
             return self._remember(Outcome(result), digest)
-        drafts = drafts + self._custody_checks(drafts)
+        alerts = self._custody_checks(drafts)
+        if alerts:
+            drafts = drafts + alerts
         time = now.isoformat()
         events: list[tuple[int, str, bytes]] = []
         positions, types = [], []

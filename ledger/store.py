@@ -63,7 +63,7 @@ def datastore_for(url: str, *, pool_size: int = 4) -> PostgresDatastore:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per command on the writer's hot path; never mutated
 class CommandRecord:
     key: str
     command_hash: str
