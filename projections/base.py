@@ -13,14 +13,18 @@ picklable delta, so a rebuild can aggregate pages in several processes while one
 writes the deltas in log order; ``write`` needs few statements per batch (upserts of summed
 deltas, ``COPY`` of history rows): never a row per posting for current-state tables.
 
+A rebuild writes millions of events into an empty generation: a read model may let it hold
+current-state writes back in memory (``HoldsBack``): summed balances written once instead of
+once per page, P&L lots folded in memory instead of read and rewritten per page.
+
 Deduplication is not the read model's job: the caller (worker or replay) passes only events
 whose position was never applied to this generation, and records them in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, Protocol, runtime_checkable
 
 import psycopg
 from psycopg import sql
@@ -90,6 +94,60 @@ class ReadModel(Protocol):
     def write(self, cur: Cursor, schema: str, delta: Any) -> None: ...
 
     def apply(self, cur: Cursor, schema: str, events: Sequence[Event]) -> None: ...
+
+
+# Summed integer columns per key of one table.
+Totals = dict[tuple[Any, ...], list[int]]
+# A value this large makes a page unfit to be held back: it is written with its page, so
+# that a value PostgreSQL refuses (NUMERIC(60,0) overflows) fails with that page and is
+# isolated as the live worker isolates it, instead of failing a later write of the totals.
+HOLD_BACK_LIMIT: Final = 10**50
+
+
+@runtime_checkable
+class HoldsBack(Protocol):
+    """A read model that lets a rebuild hold part of its writes back, in memory.
+
+    Per page, inside the page's transaction, ``write_page`` writes what must go with the page
+    (history rows, rows whose checks only the database makes) and returns the rest; once
+    the page has committed, ``add`` folds that into the held state (a page that fails and
+    is split to isolate the bad event leaves nothing behind). ``write_held`` writes the held
+    state and empties it; ``held_size`` says how big it has grown. A rebuild holds back only
+    while it fills a new, empty generation that nothing else writes, folding pages in the
+    order it writes them (as page-by-page writing would), and gives up holding (writes what
+    it holds, then writes page by page) when a page is not ``holdable`` or the held state
+    grows too big.
+    """
+
+    def start_holding(self) -> Any: ...
+
+    def holdable(self, delta: Any) -> bool: ...
+
+    def write_page(self, cur: Cursor, schema: str, delta: Any, held: Any) -> Any: ...
+
+    def add(self, held: Any, pending: Any) -> None: ...
+
+    def held_size(self, held: Any) -> int: ...
+
+    def write_held(self, cur: Cursor, schema: str, held: Any) -> None: ...
+
+
+def add_totals(into: Totals, sums: Totals) -> None:
+    """Add ``sums`` to ``into``, key by key, column by column."""
+    get = into.get
+    for key, values in sums.items():
+        row = get(key)
+        if row is None:
+            into[key] = list(values)
+        else:
+            for index, value in enumerate(values):
+                row[index] += value
+
+
+def small(values: Iterable[int]) -> bool:
+    """Whether every integer in ``values`` is below ``HOLD_BACK_LIMIT`` in size."""
+    limit = HOLD_BACK_LIMIT
+    return all(-limit < v < limit for v in values)
 
 
 def q(schema: str, text: str) -> str:

@@ -113,14 +113,27 @@ def _fast(raw: Any) -> Event | None:
     ):
         return None
     accounts = _ACCOUNTS
-    postings = tuple(
-        [
-            (p["account"], p["asset"], int(p["units"]), accounts[p["account"]])
-            for p in raw["postings"]
-        ]
-    )
-    if not _balanced(postings):
-        return None
+    raw_postings = raw["postings"]
+    postings: tuple[Posting, ...]
+    if len(raw_postings) == 2:  # the common case, inlined: one debit, one credit
+        first, second = raw_postings
+        asset, units, other = first["asset"], int(first["units"]), int(second["units"])
+        if asset != second["asset"] or asset not in ASSETS or units == 0 or units + other:
+            return None
+        account, account2 = first["account"], second["account"]
+        postings = (
+            (account, asset, units, accounts[account]),
+            (account2, asset, other, accounts[account2]),
+        )
+    else:
+        postings = tuple(
+            [
+                (p["account"], p["asset"], int(p["units"]), accounts[p["account"]])
+                for p in raw_postings
+            ]
+        )
+        if not _balanced(postings):
+            return None
     return _new_event(Event, (ledger, position, kind, time, raw["data"], postings))
 
 

@@ -41,6 +41,7 @@ from projections.base import (
     ProjectionSetupError,
     UnusableEventError,
     q,
+    small,
     upsert_sum,
 )
 from projections.decode import CLIENT, Event
@@ -109,6 +110,14 @@ class PnlState:
         if row is None:
             row = self.daily[key] = [0] * len(PNL_COLUMNS)
         row[column] += units
+
+
+@dataclass
+class HeldPnl:
+    """A rebuild's P&L held in memory, and the pools changed since it was last written."""
+
+    state: PnlState
+    touched: set[PoolKey] = field(default_factory=set)
 
 
 def utc_day(time: str) -> str:
@@ -229,6 +238,21 @@ def fold(state: PnlState, events: Iterable[Event], method: str) -> None:
             _cancel(state, event, method)
         elif _is_fee(event):
             _fee(state, event)
+
+
+def _check_cancellations(state: PnlState, events: Iterable[Event]) -> None:
+    """Raise, before anything is folded, what ``_cancel`` would raise for these events."""
+    booked: set[TradeKey] = set()
+    cancelled: set[TradeKey] = set()
+    for event in events:
+        if event.type == BOOKED:
+            booked.add((event.ledger, str(event.data["trade"])))
+        elif event.type == CANCELLED:
+            key = (event.ledger, str(event.data.get("trade")))
+            known = key in state.trades or key in booked
+            if not known or key in state.cancelled or key in cancelled:
+                raise UnusableEventError(f"data.trade: no booked trade {key[1]!r} to cancel")
+            cancelled.add(key)
 
 
 def _book(state: PnlState, trade: Trade, method: str) -> None:
@@ -409,15 +433,61 @@ class Pnl:
         fold(state, relevant, self.cost_method)
         self._save_trades(cur, schema, state)
         self._save_pools(cur, schema, state.pools)
-        upsert_sum(
-            cur,
-            q(schema, "{s}.pnl_daily"),
-            ("ledger", "client", "sub_account", "day", "asset", "currency"),
-            PNL_COLUMNS,
-            [(*key, *row) for key, row in state.daily.items()],
-            key_types=("text", "text", "text", "date", "text", "text"),
-        )
+        self._save_daily(cur, schema, state.daily)
         self._save_marks(cur, schema, state.marks)
+
+    # --- held back by a rebuild (see ``base.HoldsBack``) -----------------------------------
+    # The whole P&L state stays in memory while a new generation is built: pools, marks and
+    # every trade (for cancellations). Trades, cancellations and marks are still written with
+    # their page, so that the database refuses what it would refuse page by page (a trade id
+    # booked twice, a value out of range, a time it cannot read); lots and daily sums, which
+    # each page used to read and rewrite, are written when the held state is.
+
+    def start_holding(self) -> HeldPnl:
+        return HeldPnl(PnlState(keep_history=True))
+
+    def holdable(self, relevant: list[Event]) -> bool:
+        return all(
+            small((t.quantity, t.value, t.fee))
+            for t in (parse_trade(e) for e in relevant if e.type == BOOKED)
+        )
+
+    def write_page(
+        self, cur: Cursor, schema: str, relevant: list[Event], held: HeldPnl
+    ) -> list[Event]:
+        if not relevant:
+            return relevant
+        _check_cancellations(held.state, relevant)
+        page = PnlState()
+        for event in relevant:
+            if event.type == BOOKED:
+                page.new_trades.append(parse_trade(event))
+            elif event.type == CANCELLED:
+                page.cancelled.add((event.ledger, str(event.data.get("trade"))))
+            elif event.type == MARK:
+                _mark(page, event)
+        self._save_trades(cur, schema, page)
+        self._save_marks(cur, schema, page.marks)
+        return relevant
+
+    def add(self, held: HeldPnl, pending: list[Event]) -> None:
+        state = held.state
+        fold(state, pending, self.cost_method)
+        held.touched.update(t.pool for t in state.new_trades)
+        state.new_trades.clear()
+        for event in pending:
+            if event.type == CANCELLED:
+                held.touched.add(state.trades[(event.ledger, str(event.data["trade"]))].pool)
+
+    def held_size(self, held: HeldPnl) -> int:
+        return len(held.state.trades)
+
+    def write_held(self, cur: Cursor, schema: str, held: HeldPnl) -> None:
+        state = held.state
+        self._save_pools(cur, schema, {pool: state.pools.get(pool, []) for pool in held.touched})
+        self._save_daily(cur, schema, state.daily)
+        held.touched.clear()
+        state.daily.clear()
 
     # --- loading what the batch needs ---------------------------------------------------
     def _load(self, cur: Cursor, schema: str, relevant: list[Event]) -> PnlState:
@@ -463,18 +533,21 @@ class Pnl:
 
     # --- saving ---------------------------------------------------------------------------
     def _save_trades(self, cur: Cursor, schema: str, state: PnlState) -> None:
+        # One statement per table, arrays unnested: a row per statement (executemany) costs
+        # a round of parsing and planning each, and a rebuild writes thousands per page. A
+        # trade id booked twice still fails on the primary key, as it would row by row.
         if state.new_trades:
-            cur.executemany(
-                q(
-                    schema,
-                    "INSERT INTO {s}.trades (ledger, client, sub_account, asset, quote, trade,"
-                    " position, day, quantity, value, fee) VALUES"
-                    " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                ),
-                [
-                    (*t.pool, t.trade, t.position, t.day, str(t.quantity), str(t.value), t.fee)
-                    for t in state.new_trades
-                ],
+            rows = [
+                (*t.pool, t.trade, t.position, t.day, t.quantity, t.value, t.fee)
+                for t in state.new_trades
+            ]
+            _insert_unnest(
+                cur,
+                q(schema, "{s}.trades"),
+                ("ledger", "client", "sub_account", "asset", "quote", "trade", "position", "day"),
+                ("text", "text", "text", "text", "text", "text", "bigint", "date"),
+                ("quantity", "value", "fee"),
+                rows,
             )
         newly = sorted(state.cancelled - state.stored_cancelled)
         if newly:
@@ -486,6 +559,16 @@ class Pnl:
                 ),
                 [[k[0] for k in newly], [k[1] for k in newly]],
             )
+
+    def _save_daily(self, cur: Cursor, schema: str, daily: dict[DailyKey, list[int]]) -> None:
+        upsert_sum(
+            cur,
+            q(schema, "{s}.pnl_daily"),
+            ("ledger", "client", "sub_account", "day", "asset", "currency"),
+            PNL_COLUMNS,
+            [(*key, *row) for key, row in daily.items()],
+            key_types=("text", "text", "text", "date", "text", "text"),
+        )
 
     def _save_pools(self, cur: Cursor, schema: str, pools: Mapping[PoolKey, list[Lot]]) -> None:
         if not pools:
@@ -502,29 +585,62 @@ class Pnl:
             keys,
         )
         rows = [
-            (*pool, lot.opened, str(lot.quantity), str(lot.cost))
+            (*pool, lot.opened, lot.quantity, lot.cost)
             for pool, lots in pools.items()
             for lot in lots
         ]
-        if rows:
-            cur.executemany(
-                q(schema, "INSERT INTO {s}.lots VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"),
-                rows,
-            )
+        _insert_unnest(
+            cur,
+            q(schema, "{s}.lots"),
+            ("ledger", "client", "sub_account", "asset", "quote", "opened"),
+            ("text", "text", "text", "text", "text", "bigint"),
+            ("quantity", "cost"),
+            rows,
+        )
 
     def _save_marks(self, cur: Cursor, schema: str, marks: Mapping[MarkKey, Mark]) -> None:
         if not marks:
             return
-        cur.executemany(
+        columns = [
+            list(c)
+            for c in zip(
+                *((*k, m.price, m.position, m.time) for k, m in marks.items()), strict=True
+            )
+        ]
+        cur.execute(
             q(
                 schema,
-                "INSERT INTO {s}.marks AS m VALUES (%s, %s, %s, %s, %s, %s)"
+                "INSERT INTO {s}.marks AS m SELECT * FROM unnest(%s::text[], %s::text[],"
+                " %s::text[], %s::text[], %s::bigint[], %s::timestamptz[])"
                 " ON CONFLICT (ledger, asset, quote) DO UPDATE SET price = excluded.price,"
                 " position = excluded.position, time = excluded.time"
                 " WHERE m.position < excluded.position",
             ),
-            [(*key, m.price, m.position, m.time) for key, m in marks.items()],
+            columns,
         )
+
+
+def _insert_unnest(
+    cur: Cursor,
+    table: str,
+    key_columns: Sequence[str],
+    key_types: Sequence[str],
+    value_columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """Insert ``rows`` (keys, then integer values) in one statement; values travel as text
+    and are cast to NUMERIC (amounts in wei do not fit in BIGINT)."""
+    if not rows:
+        return
+    columns = list(zip(*rows, strict=True))
+    width = len(key_columns)
+    params = [list(c) for c in columns[:width]] + [[str(v) for v in c] for c in columns[width:]]
+    casts = [f"%s::{t}[]" for t in key_types] + ["%s::numeric[]"] * len(value_columns)
+    cur.execute(
+        f"INSERT INTO {table} ({', '.join([*key_columns, *value_columns])})"
+        f" SELECT * FROM unnest({', '.join(casts)})",
+        params,
+    )
 
 
 def _select_trades(

@@ -14,7 +14,13 @@ replay already applied.
 Speed: decoding and aggregating dominate, so a large rebuild from the store aggregates pages
 in ``workers`` processes (spawned: the calling script needs the usual ``if __name__ ==
 "__main__"`` guard) while this process writes their deltas in order; P&L deltas are the
-relevant events themselves and are folded here, in order, against the stored lots.
+relevant events themselves and are folded here, in order. During the first, bulk pass the
+generation is empty and only this builder writes it, so the read models hold their
+current-state writes back in memory (``base.HoldsBack``): balance and trust-reserve sums and
+the P&L's lots and daily sums are written once at the end of the pass instead of read and
+rewritten page by page, while history rows, trades and marks still go with their page. A
+read model whose held state grows past ``MAX_HELD`` entries, or a page it cannot hold, makes
+it write what it holds and go on page by page, so memory stays bounded.
 
 A partial replay (one ``ledger``, or ``until_position``/``as_of``) builds that state only; it is
 not swapped in unless asked (the live one would lose the rest, and the worker would not fill the
@@ -40,7 +46,7 @@ from typing import Any, Final
 
 import psycopg
 
-from projections.base import EVENTS_TABLE, Batch, ReadModel
+from projections.base import EVENTS_TABLE, Batch, HoldsBack, ReadModel
 from projections.catalog import read_models, unusable
 from projections.decode import DecodeError, Event, decode
 from projections.generations import (
@@ -57,6 +63,8 @@ from streams.contract import EVENTS_TOPIC
 
 REPLAY_LOCK: Final = 7_316_002  # advisory lock key (with a hash of the name) per read model
 PARALLEL_FROM: Final = 200_000  # fewer events than this: spawning processes costs more
+# Held-back state (keys, or P&L trades) beyond which a read model is written page by page.
+MAX_HELD: Final = 250_000
 MAX_REASONS: Final = 20
 Progress = Callable[[int], None]
 
@@ -290,6 +298,11 @@ class _Builder:
             self.conn.close()
             raise
         self.result = ReplayResult(schemas=dict(self.schemas))
+        # What read models hold back during the first bulk write (see ``base.HoldsBack``):
+        # only then is the generation empty and written in log order by this builder alone.
+        self.holders = {m.name: m for m in models if isinstance(m, HoldsBack)}
+        self.held: dict[str, Any] = {}
+        self.fresh = True
         # A crash may lose this session's last commits: an unfinished generation is rebuilt
         # anyway, and the swap itself commits synchronously.
         self.conn.execute("SET synchronous_commit = off")
@@ -344,6 +357,9 @@ class _Builder:
                     pass
 
         writer = threading.Thread(target=run, name="replay-writer", daemon=True)
+        if self.fresh:
+            self.held = {name: model.start_holding() for name, model in self.holders.items()}
+            self.fresh = False
         writer.start()
         try:
             for page in pages:
@@ -355,6 +371,17 @@ class _Builder:
             writer.join()
         if failure:
             raise failure[0]
+        self.stop_holding(list(self.held))
+
+    def stop_holding(self, names: list[str]) -> None:
+        """Write what these read models hold (one transaction); they write page by page on."""
+        if not names:
+            return
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            for name in names:
+                self.holders[name].write_held(cur, self.schemas[name], self.held[name])
+        for name in names:
+            del self.held[name]
 
     def commit(self, page: PageResult) -> None:
         """One page in its own transaction (a savepoint inside the swap's transaction).
@@ -372,8 +399,20 @@ class _Builder:
             self._isolate(bodies)
 
     def _commit(self, page: PageResult) -> None:
+        if self.held and page.kept:
+            self.stop_holding(
+                [n for n in self.held if not self.holders[n].holdable(page.deltas[n])]
+            )
+        pending: dict[str, Any] = {}
         with self.conn.transaction(), self.conn.cursor() as cur:
-            positions = self._write(cur, page)
+            positions = self._write(cur, page, pending)
+        # Only now that the page is in: a page that failed (and is split to isolate the bad
+        # event) must leave nothing behind in what is held.
+        for name, part in pending.items():
+            self.holders[name].add(self.held[name], part)
+        self.stop_holding(
+            [n for n in pending if self.holders[n].held_size(self.held[n]) > MAX_HELD]
+        )
         for ledger, new in positions.items():
             done = self.applied.get(ledger)
             self.applied[ledger] = new if done is None else done.union(new)
@@ -408,7 +447,9 @@ class _Builder:
             raise ReplayError("a page failed to apply and cannot be read again to isolate it")
         return self.refetch(*span)
 
-    def _write(self, cur: psycopg.Cursor[Any], page: PageResult) -> dict[str, Positions]:
+    def _write(
+        self, cur: psycopg.Cursor[Any], page: PageResult, pending: dict[str, Any]
+    ) -> dict[str, Positions]:
         positions = {k: Positions(v) for k, v in page.positions.items()}
         for ledger, new in positions.items():
             done = self.applied.get(ledger)
@@ -418,8 +459,15 @@ class _Builder:
                 raise ReplayError(f"ledger {ledger!r}: a position was read twice from the store")
         if page.kept:
             for model in self.models:
-                model.write(cur, self.schemas[model.name], page.deltas[model.name])
-                record_positions(cur, self.schemas[model.name], positions)
+                name = model.name
+                schema, delta = self.schemas[name], page.deltas[name]
+                if name in self.held:
+                    pending[name] = self.holders[name].write_page(
+                        cur, schema, delta, self.held[name]
+                    )
+                else:
+                    model.write(cur, schema, delta)
+                record_positions(cur, schema, positions)
         return positions
 
     def finish_indexes(self) -> None:
