@@ -279,7 +279,7 @@ class Ledger:
                 key = raw.get("key") if isinstance(raw, Mapping) else raw.key
                 if isinstance(key, str) and key not in processor.known:
                     keys.append(key)
-        processor.known.update(self.store.find_commands(keys))
+        processor.remember_records(self.store.find_commands(keys))
 
     # --- committer -----------------------------------------------------------------------
     def _commit_loop(self) -> None:

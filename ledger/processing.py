@@ -24,9 +24,14 @@ from ledger.state import LedgerState
 from ledger.store import CommandRecord
 
 ALL_DECIDERS = {**DECIDERS, **TRADING_DECIDERS}
-RECENT_ENTRIES = 50_000  # sealed entries kept for reversals before falling back to the store
+RECENT_ENTRIES = 50_000  # sealed bodies kept for reversals before falling back to the store
 # Idempotency records kept in memory; older ones are found in the store, one query per batch.
 KNOWN_KEYS = 200_000
+# What the writer keeps per command is held as tuples, strings and bytes only: the garbage
+# collector untracks such tuples, so hundreds of thousands of them never make its full
+# collections long (as dataclass records and entries did: pauses of ~200 ms every few
+# hundred thousand commands, felt as latency spikes by every caller).
+Known = tuple[str, bytes]  # (command hash, result JSON)
 
 
 @dataclass
@@ -53,20 +58,23 @@ class Processor:
         self.state = state
         self.clock = clock or partial(datetime.now, UTC)
         self.load_body = load_body
-        self.known: OrderedDict[str, CommandRecord] = OrderedDict()
+        self.known: OrderedDict[str, Known] = OrderedDict()
         # True while ``known`` holds every key of the ledger (a new ledger, nothing evicted):
         # then a key missing from it is new, and the store need not be asked.
         self.knows_all = False
-        # Positions are consecutive, so the oldest kept entry is always ``position - RECENT``.
-        self.recent: dict[int, Entry] = {}
+        # Positions are consecutive, so the oldest kept body is always ``position - RECENT``.
+        self.recent: dict[int, bytes] = {}
         self._last_time = datetime.min.replace(tzinfo=UTC)
 
     def lookup(self, position: int) -> Entry | None:
-        entry = self.recent.get(position)
-        if entry is None and self.load_body is not None:
+        body = self.recent.get(position)
+        if body is None and self.load_body is not None:
             body = self.load_body(position)
-            entry = open_sealed(body) if body is not None else None
-        return entry
+        return open_sealed(body) if body is not None else None
+
+    def remember_records(self, records: Mapping[str, CommandRecord]) -> None:
+        """Idempotency records found in the store, for keys of the commands about to run."""
+        self.known.update((key, (r.command_hash, r.result)) for key, r in records.items())
 
     def now(self) -> datetime:
         # Event times never go backwards along the log, so "as of" queries are well defined.
@@ -88,7 +96,7 @@ class Processor:
         digest = command_hash(command)
         known = self.known.get(command.key)
         if known is not None:
-            if known.command_hash != digest:
+            if known[0] != digest:
                 return Outcome(
                     CommandResult(
                         command.key,
@@ -97,7 +105,7 @@ class Processor:
                         message="key: used before for a different command",
                     )
                 )
-            return Outcome(CommandResult.from_json(known.result, replayed=True))
+            return Outcome(CommandResult.from_json(known[1], replayed=True))
         now = self.now()
         try:
             drafts = ALL_DECIDERS[command.type](self.state, command, Context(now, self.lookup))
@@ -135,7 +143,7 @@ class Processor:
                 digest_event,
             )
             self.state.apply(entry)
-            self._keep(entry)
+            self._keep(position, body)
             events.append((position, event_type, body))
             positions.append(position)
             types.append(event_type)
@@ -162,13 +170,13 @@ class Processor:
 
     def _remember(self, outcome: Outcome, digest: str) -> Outcome:
         record = CommandRecord(outcome.result.key, digest, outcome.result.to_json())
-        self.known[record.key] = record
+        self.known[record.key] = (digest, record.result)
         if len(self.known) > KNOWN_KEYS:
             self.known.popitem(last=False)
             self.knows_all = False
         outcome.record = record
         return outcome
 
-    def _keep(self, entry: Entry) -> None:
-        self.recent[entry.position] = entry
-        self.recent.pop(entry.position - RECENT_ENTRIES, None)
+    def _keep(self, position: int, body: bytes) -> None:
+        self.recent[position] = body
+        self.recent.pop(position - RECENT_ENTRIES, None)
