@@ -23,7 +23,9 @@ first ``warmup`` seconds are not measured.
 Each run checks at the end that the read model's balances equal the ledger's own state for every
 client, so a fast but wrong pipeline fails the benchmark. Printed besides the percentiles: the
 achieved rate, the submit (commit) latency and each process's CPU and garbage-collector activity,
-the context a p99 needs. The last stdout line is one JSON object.
+the context a p99 needs; the CPU of the PostgreSQL server, of the broker and of everything else on
+the machine (other people's work, on a shared machine) is shown apart, so a disturbed run shows
+(the JSON line lists those other cores per run). The last stdout line is one JSON object.
 
 Run: ``python -m bench.lag`` (``--quick`` for one short run).
 """
@@ -246,21 +248,36 @@ def pipeline(url: str, bootstrap: str, topic: TopicSpec) -> Iterator[dict[str, A
 
 
 class CpuWatch:
-    """CPU seconds of some processes and of the whole machine over a window."""
+    """CPU seconds of some processes and of the whole machine over a window.
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+    Besides the named processes: the PostgreSQL server (postmaster and every server process)
+    and the broker, found when the window begins, and whatever else ran on the machine (other
+    people's work on a shared machine), so that a disturbed run shows as one.
+    """
+
+    def __init__(self, pids: dict[str, int], servers: Callable[[], dict[str, list[int]]]) -> None:
+        self.named = pids
+        self.servers = servers
+        self.processes: dict[str, list[psutil.Process]] = {}
         self.began = 0.0
         self.first: dict[str, float] = {}
         self.machine_first: Any = None
         self.shares: dict[str, float] = {}
 
     @staticmethod
-    def _cpu(process: psutil.Process) -> float:
-        times = process.cpu_times()
-        return float(times.user + times.system)
+    def _cpu(processes: list[psutil.Process]) -> float:
+        total = 0.0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):  # a server process that ended meanwhile
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
 
     def start(self) -> None:
+        groups = {name: [pid] for name, pid in self.named.items()} | self.servers()
+        self.processes = {
+            name: [psutil.Process(pid) for pid in pids] for name, pids in groups.items()
+        }
         self.began = time.perf_counter()
         self.first = {name: self._cpu(p) for name, p in self.processes.items()}
         self.machine_first = psutil.cpu_times()
@@ -274,9 +291,39 @@ class CpuWatch:
         busy = (now.user + now.system + now.nice) - (then.user + then.system + then.nice)
         total = busy + (now.idle - then.idle) + (now.iowait - then.iowait)
         cores = psutil.cpu_count() or 1
-        self.shares["machine (all)"] = busy / total * cores if total > 0 else 0.0
-        ours = sum(v for k, v in self.shares.items() if k != "machine (all)")
-        self.shares["others: PostgreSQL, broker"] = max(self.shares["machine (all)"] - ours, 0.0)
+        machine = busy / total * cores if total > 0 else 0.0
+        ours = sum(self.shares.values())
+        self.shares[OTHERS] = max(machine - ours, 0.0)
+        self.shares[MACHINE] = machine
+
+
+MACHINE = "machine (all)"
+OTHERS = "others (not this benchmark)"
+
+
+def server_pids(url: str, bootstrap: str) -> dict[str, list[int]]:
+    """The PostgreSQL server's processes (but the one answering this question) and the
+    broker's (the process listening on the bootstrap port), where this machine runs them."""
+    found: dict[str, list[int]] = {}
+    with psycopg.connect(url) as conn, contextlib.suppress(psutil.Error):
+        # While this connection is open: its server process ends with it.
+        asking = conn.info.backend_pid
+        postmaster = psutil.Process(asking).parent()
+        # A server elsewhere (PRIMELEDGER_DATABASE_URL) has pids that mean nothing here.
+        if postmaster is not None and "postgres" in postmaster.name():
+            children = [c.pid for c in postmaster.children() if c.pid != asking]
+            found["PostgreSQL (server)"] = [postmaster.pid, *children]
+    host, _, port_text = bootstrap.rpartition(":")
+    if host not in ("127.0.0.1", "localhost"):
+        return found  # a broker elsewhere
+    port = int(port_text)
+    with contextlib.suppress(psutil.Error):
+        for conn_info in psutil.net_connections(kind="tcp"):
+            listening = conn_info.status == psutil.CONN_LISTEN
+            if listening and getattr(conn_info.laddr, "port", None) == port and conn_info.pid:
+                found["broker"] = [conn_info.pid]
+                break
+    return found
 
 
 # --- The load and the poller -----------------------------------------------------------
@@ -459,7 +506,10 @@ def one_run(server_url: str, bootstrap: str, plan: Plan, seed: int) -> Run:
                 poller(url, info["relay_name"]) as (poller_pid, stop_poller),
             ):
                 pids = {"this (ledger + load)": os.getpid(), **info["pids"]}
-                cpu = CpuWatch({**pids, "poller (measurement)": poller_pid})
+                cpu = CpuWatch(
+                    {**pids, "poller (measurement)": poller_pid},
+                    lambda: server_pids(url, bootstrap),
+                )
                 with GcWatch() as watch:
 
                     def window_begins() -> None:
@@ -534,6 +584,7 @@ def report(plan: Plan, runs: list[Run], crc: str) -> None:
             f"{percentile(run.relayed_ms, 50):.1f}",
             f"{percentile(run.relayed_ms, 99):.1f}",
             f"{percentile(run.calls_ms, 99):.1f}",
+            f"{run.cpu.get(OTHERS, 0.0):.2f}",
         ]
         for i, run in enumerate(runs)
     ]
@@ -550,6 +601,7 @@ def report(plan: Plan, runs: list[Run], crc: str) -> None:
             f"{percentile(relayed, 50):.1f}",
             f"{percentile(relayed, 99):.1f}",
             f"{percentile(calls, 99):.1f}",
+            f"{median([r.cpu.get(OTHERS, 0.0) for r in runs]):.2f} (median)",
         ]
     )
     print_table(
@@ -567,6 +619,7 @@ def report(plan: Plan, runs: list[Run], crc: str) -> None:
             "relayed p50",
             "relayed p99",
             "submit p99",
+            "others' cores",
         ],
         rows,
     )
@@ -589,15 +642,20 @@ def report(plan: Plan, runs: list[Run], crc: str) -> None:
             "samples": len(lags),
             "runs": len(runs),
             "kafka_crc32c": crc,
+            # Cores other people's work took meanwhile, per run: a disturbed run shows here.
+            "others_cores": [round(r.cpu.get(OTHERS, 0.0), 2) for r in runs],
         }
     )
 
 
 def print_context(run: Run) -> None:
-    cpu_rows = [[name, f"{share:.2f}"] for name, share in run.cpu.items()]
+    cpu_rows = [
+        [name, f"{share:.2f}", "" if name in (MACHINE, OTHERS) else f"{share / run.rate * 1e6:.0f}"]
+        for name, share in run.cpu.items()
+    ]
     print_table(
         f"CPU during the last run's window (cores busy; {psutil.cpu_count()} cores)",
-        ["process", "cores"],
+        ["process", "cores", "us per transfer"],
         cpu_rows,
     )
     print_table(

@@ -67,6 +67,9 @@ from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 MAX_REASON: Final = 1000  # characters of a dead-letter reason header
+# Batches up to this size are decoded on the event loop (a few ms): handing them to a thread
+# cost more than decoding them. Larger ones (catching up) go to a thread like the transaction.
+INLINE_DECODE: Final = 500
 # Errors that mean "the database is not there right now", not "this message is bad".
 INFRASTRUCTURE_ERRORS: Final = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -84,9 +87,16 @@ class WorkerConfig:
     batch_max: int = 2000
     max_attempts: int = 3
     poll_timeout_ms: int = 200
-    # aiokafka's default (500 ms) makes the broker hold each fetch until it fills: most of the
-    # end-to-end lag at a few thousand events/s. 20 ms keeps lag low at little cost.
+    # aiokafka's default wait (500 ms) makes the broker hold each fetch until it fills: most of
+    # the end-to-end lag at a few thousand events/s. 20 ms keeps lag low at little cost. A
+    # fetch returns as soon as there is data (``fetch_min_bytes``): waiting for more was
+    # measured to save nothing once the relay sends pages at most every 20 ms (see
+    # ``streams.relay``): then batches are already about a page.
+    fetch_min_bytes: int = 1
     fetch_max_wait_ms: int = 20
+    # Kafka's committed offsets only inform (a worker starts from PostgreSQL's): committing them
+    # after every batch cost a broker round trip per batch on the way to the next one.
+    kafka_commit_interval_s: float = 1.0
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
     # Tansu joins a group in about half the session timeout (STACK-NOTES).
@@ -124,6 +134,8 @@ class ProjectionWorker:
         self._producer: AIOKafkaProducer | None = None
         self._busy = asyncio.Lock()  # held while a batch is in PostgreSQL (see _Listener)
         self.floors: dict[TopicPartition, int] = {}  # PostgreSQL's offsets at assignment
+        self._uncommitted: dict[TopicPartition, int] = {}  # in PostgreSQL, not yet in Kafka
+        self._kafka_due = 0.0  # monotonic time of the next Kafka commit
         self.topic_ids: dict[str, str | None] = {}  # incarnation of each assigned topic
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -141,6 +153,7 @@ class ProjectionWorker:
             auto_offset_reset="earliest",
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms,
+            fetch_min_bytes=config.fetch_min_bytes,
             fetch_max_wait_ms=config.fetch_max_wait_ms,
         )
         self._producer = AIOKafkaProducer(
@@ -156,10 +169,15 @@ class ProjectionWorker:
                 )
                 if batch:
                     await self._handle(batch, stop)
+                if self._uncommitted and time.monotonic() >= self._kafka_due:
+                    await self._commit_kafka()
         finally:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        if self._consumer is not None and self._uncommitted:
+            with contextlib.suppress(Exception):
+                await self._commit_kafka()
         for client in (self._consumer, self._producer):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -203,6 +221,8 @@ class ProjectionWorker:
         for tp, offset in stored.items():
             self._consumer.seek(tp, offset)
         self.floors = {tp: stored.get(tp, 0) for tp in assigned}
+        # Another owner may have moved a partition on meanwhile: never commit our old offsets.
+        self._uncommitted = {}
         self.assigned.set()
 
     # --- one batch ---------------------------------------------------------------------
@@ -214,7 +234,10 @@ class ProjectionWorker:
         floors = self.floors
         records = [r for tp in sorted(batch) for r in batch[tp] if r.offset >= floors.get(tp, 0)]
         offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
-        events, poison = await asyncio.to_thread(_decode_all, self.models, records)
+        if len(records) <= INLINE_DECODE:
+            events, poison = _decode_all(self.models, records)
+        else:
+            events, poison = await asyncio.to_thread(_decode_all, self.models, records)
         for record, reason in poison:
             await self._dead_letter(record, reason)
         async with self._busy:
@@ -225,7 +248,7 @@ class ProjectionWorker:
                 await self._commit([], offsets, stop)  # offsets past the dead letters too
             await self._publish(feed)
         self.stats.records += len(records)
-        await self._commit_kafka(offsets)
+        self._uncommitted.update(offsets)
 
     async def _commit(
         self,
@@ -350,8 +373,11 @@ class ProjectionWorker:
         await asyncio.gather(*sent)
         self.stats.feed_messages += len(feed)
 
-    async def _commit_kafka(self, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit_kafka(self) -> None:
+        """Tell Kafka the offsets PostgreSQL has (at most every ``kafka_commit_interval_s``)."""
         assert self._consumer is not None
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._kafka_due = time.monotonic() + self.config.kafka_commit_interval_s
         try:
             await self._consumer.commit(offsets)
         except (KafkaError, AssertionError) as exc:
@@ -370,6 +396,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         # Let the batch in PostgreSQL finish, so that the next owner reads its offsets.
         async with self.worker._busy:
             pass
+        if self.worker._uncommitted:
+            await self.worker._commit_kafka()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         # No await before the seeks: aiokafka starts resetting positions to Kafka's committed
