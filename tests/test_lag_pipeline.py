@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-import psycopg
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -20,7 +19,13 @@ from projections.worker import ThreadedWorker
 from streams.contract import TopicSpec
 from streams.relay import Relay
 from streams.topics import ensure_topics, read_topic
-from tests.test_projection_worker import Stack, equal_to_the_store, more_fees, unique
+from tests.test_projection_worker import (
+    Stack,
+    equal_to_the_store,
+    more_fees,
+    stored_offsets,
+    unique,
+)
 from tests.test_projections import build
 from tests.test_relay import write_ledger
 
@@ -84,14 +89,6 @@ def kafka_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     return {p: o for p, o in found.items() if o is not None}
 
 
-def postgres_offsets(url: str, group: str) -> dict[int, int]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT partition, next_offset FROM projection_offsets WHERE group_id = %s", (group,)
-        ).fetchall()
-    return {int(p): int(o) for p, o in rows}
-
-
 def test_kafka_offsets_follow_postgresql_within_the_interval(
     fresh_db_url: str, kafka_bootstrap: str
 ) -> None:
@@ -105,7 +102,7 @@ def test_kafka_offsets_follow_postgresql_within_the_interval(
         worker = ThreadedWorker(stack.config(group, kafka_commit_interval_s=0.5)).start()
         try:
             wait_for(lambda: equal_to_the_store(url), "the worker catches up")
-            stored = postgres_offsets(url, group)
+            stored = stored_offsets(url, group)
             assert stored  # the check below compares something
             # While the worker runs and no event comes: Kafka catches up within the interval.
             wait_for(
@@ -114,7 +111,7 @@ def test_kafka_offsets_follow_postgresql_within_the_interval(
             )
         finally:
             worker.stop()
-        assert kafka_offsets(kafka_bootstrap, group, topic) == postgres_offsets(url, group)
+        assert kafka_offsets(kafka_bootstrap, group, topic) == stored_offsets(url, group)
     finally:
         stack.relay.close()
 
@@ -133,17 +130,17 @@ def test_kafka_offsets_lag_behind_postgresql_until_the_worker_stops(
         worker = ThreadedWorker(stack.config(group, kafka_commit_interval_s=3600.0)).start()
         try:
             wait_for(lambda: equal_to_the_store(url), "the worker catches up")
-            first = postgres_offsets(url, group)
+            first = stored_offsets(url, group)
             more_fees(url, "later", 6)
             stack.relay_all()
-            wait_for(lambda: postgres_offsets(url, group) != first, "a later batch is applied")
+            wait_for(lambda: stored_offsets(url, group) != first, "a later batch is applied")
             wait_for(lambda: equal_to_the_store(url), "the worker catches up again")
             told = kafka_offsets(kafka_bootstrap, group, topic)
-            stored = postgres_offsets(url, group)
+            stored = stored_offsets(url, group)
             assert told != stored
             assert all(told.get(p, 0) <= o for p, o in stored.items())  # never ahead
         finally:
             worker.stop()
-        assert kafka_offsets(kafka_bootstrap, group, topic) == postgres_offsets(url, group)
+        assert kafka_offsets(kafka_bootstrap, group, topic) == stored_offsets(url, group)
     finally:
         stack.relay.close()
