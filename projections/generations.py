@@ -43,6 +43,10 @@ SHARED_SQL: Final = (
     # Offsets belong to one incarnation of a topic: a broker that lost the topic and got it
     # back (republished by the relay) numbers the same events from 0 again.
     "ALTER TABLE projection_offsets ADD COLUMN IF NOT EXISTS topic_id text",
+    # Balance-feed messages, committed with the batch they describe and deleted once the broker
+    # has them: a worker stopped in between publishes them when it starts again.
+    "CREATE TABLE IF NOT EXISTS projection_feed_outbox (id bigserial PRIMARY KEY,"
+    " group_id text NOT NULL, messages bytea NOT NULL)",
 )
 _SCHEMA = re.compile(r"proj_[a-z_]+_g[0-9]+")
 

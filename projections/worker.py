@@ -18,6 +18,11 @@ One batch, in order:
    applied (tracking by ledger position, see ``generations``), store the next Kafka offsets
    and read the new balances for the feed. A redelivered batch changes nothing.
 3. Publish the balance feed (``primeledger.balances.v1``), then commit the offsets to Kafka.
+   The feed's messages are also written in the transaction (``projection_feed_outbox``) and
+   deleted once the broker acknowledged them; a worker that stopped in between (crash,
+   broker away) publishes what is left there when it starts again, so no change is lost.
+   They can arrive twice or late: each carries its ledger ``position``, and a consumer keeps
+   the message with the highest position per key.
    PostgreSQL is the source of truth: on assignment the consumer seeks to the offsets stored
    there, so a lost Kafka commit costs a redelivery and nothing else.
 
@@ -43,6 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -137,6 +143,7 @@ class ProjectionWorker:
         self._uncommitted: dict[TopicPartition, int] = {}  # in PostgreSQL, not yet in Kafka
         self._kafka_due = 0.0  # monotonic time of the next Kafka commit
         self.topic_ids: dict[str, str | None] = {}  # incarnation of each assigned topic
+        self._outbox: list[int] = []  # feed rows committed, not yet acknowledged by the broker
 
     # --- lifecycle ---------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -162,6 +169,7 @@ class ProjectionWorker:
         self._consumer.subscribe([config.topic], listener=_Listener(self))
         try:
             await self._producer.start()
+            await self._publish_left_over()
             await self._consumer.start()
             while not stop.is_set():
                 batch = await self._consumer.getmany(
@@ -321,6 +329,9 @@ class ProjectionWorker:
                 if isinstance(model, ClientBalances) and self.config.balances_topic and fresh:
                     feed = model.feed(cur, live[model.name], fresh)
             _store_offsets(cur, self.config.group_id, offsets, self.topic_ids)
+            outbox = _write_outbox(cur, self.config.group_id, feed) if feed else None
+        if outbox is not None:
+            self._outbox.append(outbox)
         self.stats.batches += 1
         self.stats.applied += len(applied)
         self.stats.duplicates += duplicates
@@ -372,6 +383,30 @@ class ProjectionWorker:
         ]
         await asyncio.gather(*sent)
         self.stats.feed_messages += len(feed)
+        done, self._outbox = self._outbox, []
+        await asyncio.to_thread(self._delete_outbox, done)
+
+    async def _publish_left_over(self) -> None:
+        """Publish, in commit order, the feed rows a previous run committed but never sent."""
+        if self.config.balances_topic is None:
+            return
+        for row_id, feed in await asyncio.to_thread(self._read_outbox):
+            self._outbox = [row_id]
+            await self._publish(feed)
+            log.info("projection worker: published %d left-over feed messages", len(feed))
+
+    def _read_outbox(self) -> list[tuple[int, list[FeedMessage]]]:
+        assert self._conn is not None
+        rows = self._conn.execute(
+            "SELECT id, messages FROM projection_feed_outbox WHERE group_id = %s ORDER BY id",
+            (self.config.group_id,),
+        ).fetchall()
+        return [(int(row_id), _feed_of(bytes(raw))) for row_id, raw in rows]
+
+    def _delete_outbox(self, ids: list[int]) -> None:
+        if ids:
+            assert self._conn is not None
+            self._conn.execute("DELETE FROM projection_feed_outbox WHERE id = ANY(%s)", (ids,))
 
     async def _commit_kafka(self) -> None:
         """Tell Kafka the offsets PostgreSQL has (at most every ``kafka_commit_interval_s``)."""
@@ -460,6 +495,21 @@ def _store_offsets(
             [topic_ids.get(tp.topic) for tp, _ in items],
         ),
     )
+
+
+def _write_outbox(cur: psycopg.Cursor[Any], group: str, feed: list[FeedMessage]) -> int:
+    rows = [[m.key.decode(), m.value.decode(), m.ledger] for m in feed]  # JSON texts: UTF-8
+    cur.execute(
+        "INSERT INTO projection_feed_outbox (group_id, messages) VALUES (%s, %s) RETURNING id",
+        (group, orjson.dumps(rows)),
+    )
+    row = cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _feed_of(raw: bytes) -> list[FeedMessage]:
+    return [FeedMessage(k.encode(), v.encode(), ledger) for k, v, ledger in orjson.loads(raw)]
 
 
 def _topic_id(bootstrap: str, topic: str) -> str | None:

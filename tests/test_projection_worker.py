@@ -264,3 +264,44 @@ def test_a_restarted_worker_resumes_from_the_offsets_in_postgresql(
             assert worker.stats.duplicates == 0  # nothing was read twice
     finally:
         stack.relay.close()
+
+
+def outbox_rows(url: str, group: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM projection_feed_outbox WHERE group_id = %s", (group,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_feed_messages_a_stopped_worker_never_sent_are_sent_at_its_next_start(
+    fresh_db_url: str, kafka_bootstrap: str
+) -> None:
+    url = fresh_db_url
+    build(url)
+    stack = Stack(url, kafka_bootstrap)
+    group = unique("group")
+    try:
+        stack.relay_all()
+        with ThreadedWorker(stack.config(group)) as worker:
+            wait_for(lambda: equal_to_the_store(url), "the worker catches up")
+            wait_for(lambda: worker.stats.feed_messages > 0, "the feed is published")
+        # Every batch's feed row is gone once the broker acknowledged its messages.
+        assert outbox_rows(url, group) == 0
+        # A worker that died between its commit and the broker's acknowledgement leaves its
+        # row behind (written here the way the worker writes it).
+        key = [LEDGER, "ghost", "main", "USD"]
+        value = {"v": 1, "ledger": LEDGER, "client": "ghost", "sub_account": "main",
+                 "asset": "USD", "position": 10**6, "balances": {}, "total": "1.00"}  # fmt: skip
+        row = [[orjson.dumps(key).decode(), orjson.dumps(value).decode(), LEDGER]]
+        with psycopg.connect(url) as conn:
+            conn.execute(
+                "INSERT INTO projection_feed_outbox (group_id, messages) VALUES (%s, %s)",
+                (group, orjson.dumps(row)),
+            )
+        with ThreadedWorker(stack.config(group)):
+            wait_for(lambda: outbox_rows(url, group) == 0, "the left-over row is sent")
+        feed = latest_feed(kafka_bootstrap, stack.balances.name)
+        assert feed[tuple(key)] == value
+    finally:
+        stack.relay.close()
