@@ -117,8 +117,11 @@ def _fast(raw: Any) -> Event | None:
     postings: tuple[Posting, ...]
     if len(raw_postings) == 2:  # the common case, inlined: one debit, one credit
         first, second = raw_postings
-        asset, units, other = first["asset"], int(first["units"]), int(second["units"])
+        text, text2 = first["units"], second["units"]
+        asset, units, other = first["asset"], int(text), int(text2)
         if asset != second["asset"] or asset not in ASSETS or units == 0 or units + other:
+            return None
+        if str(units) != text or str(other) != text2:  # canonical only, as _units demands
             return None
         account, account2 = first["account"], second["account"]
         postings = (
@@ -132,7 +135,10 @@ def _fast(raw: Any) -> Event | None:
                 for p in raw_postings
             ]
         )
-        if not _balanced(postings):
+        if not _balanced(postings) or any(
+            str(units) != p["units"]
+            for (_, _, units, _), p in zip(postings, raw_postings, strict=True)
+        ):
             return None
     return _new_event(Event, (ledger, position, kind, time, raw["data"], postings))
 

@@ -489,6 +489,11 @@ def changed(path: str, value: Any) -> bytes:
         (changed("postings.1.account", "client:fund-a:main:pocket"), "postings[1].account"),
         (changed("postings.0.units", "1000.50"), "postings[0].units"),
         (changed("postings.0.units", "+100050"), "postings[0].units"),
+        # Whatever int() would forgive, decode refuses: the writer only writes canonical units.
+        (changed("postings.0.units", " 100050"), "postings[0].units"),
+        (changed("postings.0.units", "100_050"), "postings[0].units"),
+        (changed("postings.1.units", "-0100050"), "postings[1].units"),
+        (changed("postings.0.units", 100050), "postings[0].units"),
         (changed("postings.0.units", "100051"), "postings: unbalanced in USD"),
     ],
 )
