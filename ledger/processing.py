@@ -154,15 +154,7 @@ class Processor:
 
     def _custody_checks(self, drafts: list[Draft]) -> list[Draft]:
         """After every event that moves custody holdings, check the 98% cold rule."""
-        # Most events never touch custody: a plain scan keeps that case cheap.
-        for _, _, postings in drafts:
-            for account, _, _ in postings:
-                if account.startswith("custody:"):
-                    break
-            else:
-                continue
-            break
-        else:
+        if not _moves_custody(drafts):  # most events: skip building the tuple and the set
             return []
         every = tuple(p for _, _, ps in drafts for p in ps)
         touched = {code for account, code, _ in every if account.startswith("custody:")}
@@ -180,3 +172,11 @@ class Processor:
     def _keep(self, position: int, body: bytes) -> None:
         self.recent[position] = body
         self.recent.pop(position - RECENT_ENTRIES, None)
+
+
+def _moves_custody(drafts: list[Draft]) -> bool:
+    for _, _, postings in drafts:
+        for account, _, _ in postings:
+            if account.startswith("custody:"):
+                return True
+    return False
