@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -20,24 +20,16 @@ from streams.contract import TopicSpec
 from streams.relay import Relay
 from streams.topics import ensure_topics, read_topic
 from tests.test_projection_worker import (
+    WAIT,
     Stack,
     equal_to_the_store,
     more_fees,
     stored_offsets,
     unique,
+    wait_for,
 )
 from tests.test_projections import build
 from tests.test_relay import write_ledger
-
-WAIT = 60.0
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -89,58 +81,53 @@ def kafka_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     return {p: o for p, o in found.items() if o is not None}
 
 
+@contextmanager
+def caught_up_worker(url: str, bootstrap: str, interval: float) -> Iterator[tuple[Stack, str]]:
+    """The demo log relayed and a worker (Kafka commits every ``interval`` s) caught up with
+    it; yields the stack and the group. Stops the worker, then checks that Kafka's offsets
+    equal PostgreSQL's after the stop."""
+    build(url, demo=False)
+    stack = Stack(url, bootstrap)
+    group = unique("group")
+    try:
+        stack.relay_all()
+        worker = ThreadedWorker(stack.config(group, kafka_commit_interval_s=interval)).start()
+        try:
+            wait_for(lambda: equal_to_the_store(url), "the worker catches up")
+            yield stack, group
+        finally:
+            worker.stop()
+        assert kafka_offsets(bootstrap, group, stack.events.name) == stored_offsets(url, group)
+    finally:
+        stack.relay.close()
+
+
 def test_kafka_offsets_follow_postgresql_within_the_interval(
     fresh_db_url: str, kafka_bootstrap: str
 ) -> None:
     url = fresh_db_url
-    build(url, demo=False)
-    stack = Stack(url, kafka_bootstrap)
-    group = unique("group")
-    topic = stack.events.name
-    try:
-        stack.relay_all()
-        worker = ThreadedWorker(stack.config(group, kafka_commit_interval_s=0.5)).start()
-        try:
-            wait_for(lambda: equal_to_the_store(url), "the worker catches up")
-            stored = stored_offsets(url, group)
-            assert stored  # the check below compares something
-            # While the worker runs and no event comes: Kafka catches up within the interval.
-            wait_for(
-                lambda: kafka_offsets(kafka_bootstrap, group, topic) == stored,
-                "Kafka's offsets reach PostgreSQL's",
-            )
-        finally:
-            worker.stop()
-        assert kafka_offsets(kafka_bootstrap, group, topic) == stored_offsets(url, group)
-    finally:
-        stack.relay.close()
+    with caught_up_worker(url, kafka_bootstrap, 0.5) as (stack, group):
+        stored = stored_offsets(url, group)
+        assert stored  # the check below compares something
+        # While the worker runs and no event comes: Kafka catches up within the interval.
+        wait_for(
+            lambda: kafka_offsets(kafka_bootstrap, group, stack.events.name) == stored,
+            "Kafka's offsets reach PostgreSQL's",
+        )
 
 
 def test_kafka_offsets_lag_behind_postgresql_until_the_worker_stops(
     fresh_db_url: str, kafka_bootstrap: str
 ) -> None:
     url = fresh_db_url
-    build(url, demo=False)
-    stack = Stack(url, kafka_bootstrap)
-    group = unique("group")
-    topic = stack.events.name
-    try:
+    # The first batch is told to Kafka at once; within an hour nothing else is.
+    with caught_up_worker(url, kafka_bootstrap, 3600.0) as (stack, group):
+        first = stored_offsets(url, group)
+        more_fees(url, "later", 6)
         stack.relay_all()
-        # The first batch is told to Kafka at once; within an hour nothing else is.
-        worker = ThreadedWorker(stack.config(group, kafka_commit_interval_s=3600.0)).start()
-        try:
-            wait_for(lambda: equal_to_the_store(url), "the worker catches up")
-            first = stored_offsets(url, group)
-            more_fees(url, "later", 6)
-            stack.relay_all()
-            wait_for(lambda: stored_offsets(url, group) != first, "a later batch is applied")
-            wait_for(lambda: equal_to_the_store(url), "the worker catches up again")
-            told = kafka_offsets(kafka_bootstrap, group, topic)
-            stored = stored_offsets(url, group)
-            assert told != stored
-            assert all(told.get(p, 0) <= o for p, o in stored.items())  # never ahead
-        finally:
-            worker.stop()
-        assert kafka_offsets(kafka_bootstrap, group, topic) == stored_offsets(url, group)
-    finally:
-        stack.relay.close()
+        wait_for(lambda: stored_offsets(url, group) != first, "a later batch is applied")
+        wait_for(lambda: equal_to_the_store(url), "the worker catches up again")
+        told = kafka_offsets(kafka_bootstrap, group, stack.events.name)
+        stored = stored_offsets(url, group)
+        assert told != stored
+        assert all(told.get(p, 0) <= o for p, o in stored.items())  # never ahead
