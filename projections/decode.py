@@ -10,16 +10,23 @@ reader of the store could check it, and the writer checks it on every start.
 Anything else is a ``DecodeError`` whose reason names the field: such a message is poison and
 goes to the dead-letter topic at once, because retrying cannot make garbage decode.
 
-Speed: a rebuild decodes every event, so ``decode`` takes a fast path that indexes the parsed
-body directly and falls back to ``_diagnose`` (slow, precise) only when something is off.
+Speed: a rebuild decodes every event, so ``decode`` first tries a typed parse (msgspec) of
+exactly the fields the writer puts in a body: it builds no dictionary for the fields nobody
+reads and checks types as it goes, at about a third of a generic parse's cost. Only ``data``
+is parsed with orjson, as before. Anything that parse refuses (an unknown field, a wrong
+type, invalid UTF-8...) goes the old way: orjson, then ``_fast`` (indexes the parsed body)
+and ``_diagnose`` (slow, precise) when something is off. The typed path accepts a body only if
+the old way would accept it and returns the same event, so what a message decodes to (or the
+reason it is refused) does not depend on the path taken.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 
+import msgspec
 import orjson
 
 from ledger.accounts import ID_PATTERN, account_type, split_client_account
@@ -84,8 +91,98 @@ _CACHE_MAX: Final = 200_000
 _OFFSET_SIGNS: Final = frozenset("+-")
 
 
+class _Posting(msgspec.Struct, forbid_unknown_fields=True):
+    """A posting as the writer makes it (``amount`` is display only: not read)."""
+
+    account: str
+    asset: str
+    units: str
+    amount: str = ""
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True):
+    """An event body as the writer makes it (``key``, ``prev``, ``hash``: checked, not read).
+
+    Every field is typed, so every byte of a body is validated either here (strings are
+    checked as UTF-8) or by orjson (``data``): nothing is skipped unread.
+    """
+
+    v: int
+    type: str
+    ledger: str
+    position: int
+    time: str
+    data: msgspec.Raw
+    postings: list[_Posting]
+    key: str = ""
+    prev: str = ""
+    hash: str = ""
+
+
+_TYPED = msgspec.json.Decoder(_Body)
+
+
+class _Data(Mapping[str, Any]):
+    """An event's ``data``, parsed on first use.
+
+    Most events' data is never read by a projection (a transfer's amount is in its postings),
+    so the typed parse only checks its syntax and keeps the JSON text; ``orjson`` parses it
+    when something reads it. Used only for an all-ASCII body (the typed parse does not check
+    the UTF-8 of text it skips; ASCII is valid UTF-8). The one thing the syntax check cannot
+    see is a number too big for a float (``1e400``): that ``data`` raises ``DecodeError`` when
+    read, so a read model that reads it cannot apply the event (the worker dead-letters it,
+    a replay leaves it out), and one that never reads it applies the postings as usual.
+    """
+
+    __slots__ = ("_parsed", "_raw")
+
+    def __init__(self, raw: msgspec.Raw) -> None:
+        self._raw = raw
+        self._parsed: dict[str, Any] | None = None
+
+    def _dict(self) -> dict[str, Any]:
+        parsed = self._parsed
+        if parsed is None:
+            try:
+                parsed = self._parsed = orjson.loads(memoryview(self._raw))
+            except orjson.JSONDecodeError as exc:
+                raise DecodeError(f"data: not readable JSON ({exc})") from None
+        return parsed
+
+    def __getitem__(self, key: str) -> Any:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        return dict, (self._dict(),)  # pickled (to another process) as the plain dict
+
+
+# orjson reads integers up to this as int (larger ones as float, which the old way refuses).
+_ORJSON_INT_MAX: Final = 2**64 - 1
+_OPEN_BRACE: Final = ord("{")
+
+
 def decode(body: bytes | memoryview) -> Event:
     """Parse and check one event body; ``DecodeError`` names what is wrong."""
+    if type(body) is not bytes:
+        body = bytes(body)
+    try:
+        event = _typed(_TYPED.decode(body), body.isascii())
+    except Exception:  # anything the typed parse refuses: the old way decides (and says why)
+        event = None
+    return event if event is not None else _generic(body)
+
+
+def _generic(body: bytes | memoryview) -> Event:
+    """The old way: a generic parse, the fast checks, and the precise diagnosis if needed."""
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -95,6 +192,53 @@ def decode(body: bytes | memoryview) -> Event:
     except (KeyError, TypeError, ValueError, AttributeError):
         event = None
     return event if event is not None else _diagnose(raw)
+
+
+def _typed(body: _Body, ascii_only: bool) -> Event | None:
+    """The event if the typed parse found everything as the writer makes it, else None.
+
+    The same checks as ``_fast``, on the typed fields, so both give the same event.
+    """
+    kind, ledger, position, time = body.type, body.ledger, body.position, body.time
+    if (
+        body.v != SCHEMA_VERSION
+        or kind not in KNOWN_TYPES
+        or ledger not in _LEDGERS
+        or not 1 <= position <= _ORJSON_INT_MAX
+        or time[10:11] != "T"
+        or time[-6:-5] not in _OFFSET_SIGNS
+    ):
+        return None
+    raw_data = body.data
+    if memoryview(raw_data)[0] != _OPEN_BRACE:  # the syntax is checked: "{" is an object
+        return None
+    data = _Data(raw_data) if ascii_only else orjson.loads(memoryview(raw_data))
+    accounts = _ACCOUNTS
+    raw_postings = body.postings
+    postings: tuple[Posting, ...]
+    if len(raw_postings) == 2:  # the common case, inlined: one debit, one credit
+        first, second = raw_postings
+        text, text2 = first.units, second.units
+        asset, units, other = first.asset, int(text), int(text2)
+        if asset != second.asset or asset not in ASSETS or units == 0 or units + other:
+            return None
+        if str(units) != text or str(other) != text2:  # canonical only, as _units demands
+            return None
+        account, account2 = first.account, second.account
+        postings = (
+            (account, asset, units, accounts[account]),
+            (account2, asset, other, accounts[account2]),
+        )
+    else:
+        postings = tuple(
+            [(p.account, p.asset, int(p.units), accounts[p.account]) for p in raw_postings]
+        )
+        if not _balanced(postings) or any(
+            str(units) != p.units
+            for (_, _, units, _), p in zip(postings, raw_postings, strict=True)
+        ):
+            return None
+    return _new_event(Event, (ledger, position, kind, time, data, postings))
 
 
 def _fast(raw: Any) -> Event | None:
