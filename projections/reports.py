@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import psycopg
 
+from ledger.store import ledger_id
+
 TRADE_TYPES = (
     "rfq_requested",
     "quote_submitted",
@@ -28,11 +30,14 @@ Row = dict[str, Any]
 
 
 def _bodies(url: str, ledger: str) -> Iterator[dict[str, Any]]:
+    # One ledger's rows, by the store's primary key (originator id, position), so that other
+    # ledgers sharing the table are never read; the body's own ledger is checked as well.
     with psycopg.connect(url) as conn, conn.cursor(name="report") as cur:
         cur.itersize = 2000
         cur.execute(
-            "SELECT state FROM primeledger_events WHERE topic = ANY(%s) ORDER BY notification_id",
-            (list(TRADE_TYPES),),
+            "SELECT state FROM primeledger_events WHERE originator_id = %s AND topic = ANY(%s)"
+            " ORDER BY originator_version",
+            (ledger_id(ledger), list(TRADE_TYPES)),
         )
         for (state,) in cur:
             body = orjson.loads(bytes(state))

@@ -245,6 +245,8 @@ def test_reports_show_trades_settlement_and_rfq_evidence(cli: Cli) -> None:
     results = write_scenario(cli.url, cli.ledger)
     assert {r.key: r.code for r in results if not r.accepted} == INTENDED_REJECTIONS
     booked = sum(r.event_types.count("trade_booked") for r in results)
+    # Another ledger's day in the same store: reports read only the configured ledger.
+    write_scenario(cli.url, f"{cli.ledger}-other")
 
     trades = cli.json("report", "trades")
     assert len(trades) == booked
