@@ -8,6 +8,8 @@ derived from these when read (``TrustReservePosition``), so the rules can change
 rebuild:
 
 * holdings on trust = hot + cold + trust bank; shortfall = liabilities - holdings, if positive;
+  surplus = holdings - liabilities, if positive (the firm's own money on trust: income such
+  as fees that was not swept out);
 * cold-storage ratio = cold / (hot + cold) for a virtual asset, against the 98% rule;
 * compensation cover required = 100% of hot + 50% of cold (rounded up to a whole unit),
   against the insurance fund's balance in the same asset.
@@ -158,6 +160,18 @@ class TrustReservePosition:
         return max(self.client_liabilities - self.holdings, 0)
 
     @property
+    def surplus(self) -> int:
+        """Holdings beyond what clients are owed: the firm's own money on trust.
+
+        Fees, spread and interest the house earns move liability from clients to house
+        accounts without money leaving the trust bank or the custody wallets, so they stay on
+        trust until swept out. Client money must not be mixed with the firm's, so compliance
+        watches this figure as closely as a shortfall; it is shown, not alerted on (a small
+        buffer kept on trust is a firm's choice).
+        """
+        return max(self.holdings - self.client_liabilities, 0)
+
+    @property
     def cold_ratio(self) -> Fraction | None:
         """Cold share of custody holdings (virtual assets with custody holdings only)."""
         custody = self.custody_hot + self.custody_cold
@@ -200,6 +214,7 @@ class TrustReservePosition:
             "trust_bank": money(self.trust_bank),
             "holdings": money(self.holdings),
             "shortfall": money(self.shortfall),
+            "surplus": money(self.surplus),
             "cold_ratio": None if ratio is None else _percent(ratio),
             "cover_required": money(self.cover_required),
             "cover_available": money(self.insurance_fund),

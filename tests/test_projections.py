@@ -170,8 +170,10 @@ def test_hand_worked_story(fresh_db_url: str) -> None:
     assert found[("main", "ETH")]["available"] == 12_345678901234567891  # wei do not fit int64
     usd = {p.asset: p for p in queries.trust_reserve(fresh_db_url, LEDGER)}["USD"]
     # Owed 870.50 + 100 = 970.50; the bank holds 1000.50 (fees and the payment moved liability
-    # to house and counterparty accounts, not money out of the bank): no shortfall.
+    # to house and counterparty accounts, not money out of the bank): no shortfall, and the
+    # 30.00 the house earned or is owed is its own money still on trust.
     assert (usd.client_liabilities, usd.trust_bank, usd.shortfall) == (97050, 100050, 0)
+    assert (usd.surplus, usd.to_json()["surplus"]) == (3000, "30.00")
     totals = queries.pnl(fresh_db_url, LEDGER).totals["fund-x/main"]
     assert (totals["fees"], totals["net"]) == ("10.00", "-10.00")
 
@@ -444,6 +446,7 @@ def test_trust_reserve_cold_ratio_cover_and_shortfall(fresh_db_url: str) -> None
                                         ("client:a:m:available", -BTC))]])  # fmt: skip
     found = position()
     assert (found.client_liabilities, found.holdings, found.shortfall) == (12 * BTC, 11 * BTC, BTC)
+    assert found.surplus == 0  # a shortfall and a surplus never show together
     assert found.alerts[0] == "trust_shortfall"
 
 
