@@ -7,9 +7,20 @@ is a new version (``EventV2``) with an upcaster, never an edit of this one.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Which rows of the store's log table are one ledger's: readers of the log (reports, as-of and
+# explain) select a ledger's events by this id and position, the table's primary key.
+_LEDGER_NAMESPACE = uuid.UUID("5d6c1f0e-8b7a-4c2e-9f41-0a1b2c3d4e5f")
+
+
+def ledger_id(ledger: str) -> uuid.UUID:
+    """The eventsourcing originator id of a ledger's log (stable per name)."""
+    return uuid.uuid5(_LEDGER_NAMESPACE, ledger)
+
 
 EventType = Literal[
     "client_opened",

@@ -32,6 +32,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.sql import SQL, Identifier
 
 from ledger.errors import WriterFencedError
+from ledger.events import ledger_id
 
 EVENTS_TABLE = "primeledger_events"
 # PostgreSQL's binary COPY framing: signature, flags and header-extension length; -1 ends it.
@@ -39,12 +40,6 @@ _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 _COPY_TRAILER = b"\xff\xff"
 _LENGTH = struct.Struct(">i")
 _INT8 = struct.Struct(">iq")  # a field's length (8) and the value
-_NAMESPACE = uuid.UUID("5d6c1f0e-8b7a-4c2e-9f41-0a1b2c3d4e5f")
-
-
-def ledger_id(ledger: str) -> uuid.UUID:
-    """The eventsourcing originator id of a ledger's log (stable per name)."""
-    return uuid.uuid5(_NAMESPACE, ledger)
 
 
 def datastore_for(url: str, *, pool_size: int = 4) -> PostgresDatastore:

@@ -36,6 +36,7 @@ from primeledger.output import Format, emit
 from primeledger.pipeline import Pipeline
 from primeledger.settings import load_settings
 from projections import queries, reports
+from projections.base import ProjectionSetupError
 from projections.catalog import ALL
 from projections.replay import replay as replay_models
 from projections.worker import ThreadedWorker, WorkerConfig
@@ -208,6 +209,12 @@ def _read_models() -> Iterator[None]:
             " `primeledger replay --projection balances --projection pnl"
             " --projection trust-reserve`"
         )
+        raise typer.Exit(1) from exc
+    except ProjectionSetupError as exc:  # e.g. a generation built before client_events
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    except queries.CorruptStoreError as exc:  # an auditor's finding, not a crash: say it
+        err_console.print(f"[bold red]error: the store does not match the read model:[/] {exc}")
         raise typer.Exit(1) from exc
 
 

@@ -1,4 +1,4 @@
-"""Per-client balances: per client, sub-account, asset and bucket, plus a history of changes.
+"""Per-client balances: per client, sub-account, asset and bucket, plus an index of events.
 
 A client account is a liability: its balance is shown in its normal direction, so a bucket's
 balance is minus the sum of its postings (a deposit of 100 credits ``available`` by -100 and
@@ -9,9 +9,11 @@ Two tables per generation:
 
 * ``balances``: the current units per (ledger, client, sub_account, asset, bucket), upserted
   with the batch's summed deltas.
-* ``balance_history``: one row per client posting (position, time, type, delta), appended with
-  ``COPY``. It answers "as of" (a sum up to a time or position) and ``explain`` (the events
-  whose sum is the balance).
+* ``client_events``: one row per (event, client it touched), appended with ``COPY``: which
+  positions of the log hold a client's postings. "As of" (a sum up to a time or position) and
+  ``explain`` (the events whose sum is the balance) read those events' bodies from the store,
+  the system of record, when asked (see ``queries``). Keeping only the positions, not a row
+  per posting, makes a rebuild write about half the rows, three narrow columns each.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from dataclasses import dataclass
 from typing import Final
 
 import orjson
+import psycopg
 
 from ledger.accounts import Bucket
 from ledger.money import format_units
-from projections.base import Batch, Cursor, q, small, upsert_sum
+from projections.base import Batch, Cursor, ProjectionSetupError, q, small, upsert_sum
 from projections.decode import CLIENT, Event, account_info
 
 BUCKETS: Final[tuple[str, ...]] = tuple(b.value for b in Bucket)
@@ -35,10 +38,10 @@ BalanceKey = tuple[str, str, str, str]  # (ledger, client, sub_account, asset)
 
 @dataclass(frozen=True, slots=True)
 class BalanceDelta:
-    """A batch's effect: summed posting deltas per key, and history rows as COPY text."""
+    """A batch's effect: summed posting deltas per key, and event index rows as COPY text."""
 
     sums: dict[tuple[str, str, str, str, str], int]
-    history: str
+    index: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,21 +65,20 @@ class ClientBalances:
                 " units numeric(60,0) NOT NULL,"
                 " PRIMARY KEY (ledger, client, sub_account, asset, bucket))",
             ),
+            # Byte-order collation: the index build compares bytes, not locale rules.
             q(
                 schema,
-                "CREATE TABLE {s}.balance_history (ledger text NOT NULL, position bigint NOT NULL,"
-                " time timestamptz NOT NULL, type text NOT NULL, client text NOT NULL,"
-                " sub_account text NOT NULL, asset text NOT NULL, bucket text NOT NULL,"
-                " delta numeric(60,0) NOT NULL)",
+                'CREATE TABLE {s}.client_events (ledger text COLLATE "C" NOT NULL,'
+                ' client text COLLATE "C" NOT NULL, position bigint NOT NULL)',
             ),
         ]
 
     def index_sql(self, schema: str) -> list[str]:
-        # "explain" and as-of by client read one client's rows, which are few enough to sort
-        # on the spot. An index on the client alone costs a rebuild a third of what
-        # (ledger, client, asset, position) did to sort millions of rows, and the live worker
-        # less to maintain.
-        return [q(schema, "CREATE INDEX balance_history_by_client ON {s}.balance_history (client)")]
+        # "explain" and as-of by client read one client's rows, which are few enough to filter
+        # by ledger and sort on the spot; an index on the client alone is the cheapest to
+        # build after a bulk load and to maintain live. As-of without a client reads the
+        # whole ledger's rows, for which a sequential scan is right anyway.
+        return [q(schema, "CREATE INDEX client_events_by_client ON {s}.client_events (client)")]
 
     def hash_sql(self, schema: str) -> list[str]:
         # Zero balances carry no information; ordering is by byte value (COLLATE "C") so that
@@ -90,10 +92,8 @@ class ClientBalances:
             ),
             q(
                 schema,
-                "SELECT ledger, position, time, type, client, sub_account, asset, bucket, delta"
-                ' FROM {s}.balance_history ORDER BY ledger COLLATE "C", position,'
-                ' client COLLATE "C", sub_account COLLATE "C", asset COLLATE "C",'
-                ' bucket COLLATE "C", delta',
+                "SELECT ledger, client, position FROM {s}.client_events"
+                ' ORDER BY ledger COLLATE "C", client COLLATE "C", position',
             ),
         ]
 
@@ -111,32 +111,21 @@ class ClientBalances:
             info = account_info(account)
             if info.kind == CLIENT:
                 deltas[(ledger, info.client, info.sub_account, asset, info.bucket)] = -units
-        lines: list[str] = []
-        append = lines.append
-        for ledger, position, kind, time, _, postings in batch.events:
-            head = None
-            for _, asset, units, info in postings:
-                if info[0] != CLIENT:
-                    continue
-                if head is None:
-                    head = f"{ledger}\t{position}\t{time}\t{kind}\t"
-                # Text COPY: every field was checked by decode (ids, assets, types, ledger
-                # names carry no tab, newline or backslash).
-                append(f"{head}{info[1]}\t{info[2]}\t{asset}\t{info[3]}\t{-units}\n")
-        return BalanceDelta(deltas, "".join(lines))
+        return BalanceDelta(deltas, _index_rows(batch.events))
 
     def write(self, cur: Cursor, schema: str, delta: BalanceDelta) -> None:
         self._upsert(cur, schema, [(*key, units) for key, units in delta.sums.items()])
-        if delta.history:
-            statement = q(
-                schema,
-                "COPY {s}.balance_history (ledger, position, time, type, client, sub_account,"
-                " asset, bucket, delta) FROM STDIN",
-            )
+        if not delta.index:
+            return
+        statement = q(schema, "COPY {s}.client_events (ledger, client, position) FROM STDIN")
+        try:
             with cur.copy(statement) as copy:
-                copy.write(delta.history)
+                copy.write(delta.index)
+        except psycopg.errors.UndefinedTable as exc:
+            # Stop the worker rather than dead-letter every event with client postings.
+            raise index_missing(schema) from exc
 
-    # --- held back by a rebuild (see ``base.HoldsBack``): the sums; history goes with its page
+    # --- held back by a rebuild (see ``base.HoldsBack``): the sums; the index goes with its page
     def start_holding(self) -> dict[tuple[str, str, str, str, str], int]:
         return {}
 
@@ -150,7 +139,7 @@ class ClientBalances:
         delta: BalanceDelta,
         held: dict[tuple[str, str, str, str, str], int],
     ) -> dict[tuple[str, str, str, str, str], int]:
-        self.write(cur, schema, BalanceDelta({}, delta.history))
+        self.write(cur, schema, BalanceDelta({}, delta.index))
         return delta.sums
 
     def add(
@@ -209,6 +198,44 @@ class ClientBalances:
         for ledger, client, sub, asset, bucket, units in cur.fetchall():
             found[(ledger, client, sub, asset)][bucket] = int(units)
         return [feed_message(key, found[key], position) for key, position in touched.items()]
+
+
+def index_missing(schema: str) -> ProjectionSetupError:
+    """The error for a generation built before ``client_events`` replaced the history."""
+    return ProjectionSetupError(
+        f"client_balances: generation {schema} has no client_events table (built by an older"
+        " version): replay the balances read model"
+    )
+
+
+def _index_rows(events: Sequence[Event]) -> str:
+    """``client_events`` rows as text COPY: one line per distinct client of each event.
+
+    Text COPY needs no escaping here: decode checked every field (ledger names and client ids
+    carry no tab, newline or backslash).
+    """
+    lines: list[str] = []
+    append = lines.append
+    for ledger, position, _, _, _, postings in events:
+        # Most events touch one client, often in several postings (a trade's legs and fee):
+        # remember the first and fall back to a set only when a second one shows up.
+        first = ""
+        others: set[str] | None = None
+        for _, _, _, info in postings:
+            if info[0] != CLIENT:
+                continue
+            client = info[1]
+            if not first:
+                first = client
+            elif client != first:
+                if others is None:
+                    others = set()
+                others.add(client)
+        if first:
+            append(f"{ledger}\t{first}\t{position}\n")
+            if others is not None:
+                append("".join(f"{ledger}\t{c}\t{position}\n" for c in sorted(others)))
+    return "".join(lines)
 
 
 def feed_message(key: BalanceKey, units: dict[str, int], position: int) -> FeedMessage:

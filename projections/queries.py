@@ -1,8 +1,11 @@
 """Questions asked of the read models, and the same answers computed straight from the store.
 
 Every query reads the live generation, holding its pointer row ``FOR SHARE`` so that a replay
-cannot drop the generation under it. Balances as of a time or position are sums of the balance
-history; P&L and the trust reserve as of a time are rebuilt up to then (``past``).
+cannot drop the generation under it. Balances as of a time or position, and ``explain``, read
+the events the balances read model indexed (``client_events``: which positions touched which
+client) from the store, the system of record, and sum their postings: one client's events
+cost a few index lookups, but as-of without a client reads the ledger's whole log. P&L and the
+trust reserve as of a time are rebuilt up to then (``past``).
 ``compute_from_store`` folds the public log in memory (no read model involved) into the same
 shapes: tests compare the two, and an operator can.
 """
@@ -13,15 +16,16 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import psycopg
 
+from ledger.events import ledger_id  # public: which rows of the log are a ledger's
 from ledger.money import format_units
 from projections.base import EVENTS_TABLE, q
 from projections.catalog import ALL, canonical, read_model, read_models, unusable
-from projections.client_balances import BUCKETS
+from projections.client_balances import BUCKETS, index_missing
 from projections.decode import CLIENT, DecodeError, Event, decode
 from projections.generations import drop_schema, live_schemas
 from projections.pnl import PNL_COLUMNS, PnlState, fold
@@ -121,43 +125,57 @@ def balances(
     as_of: datetime | str | None = None,
     as_of_position: int | None = None,
 ) -> list[Balance]:
-    """Balances now, or as of a time or a ledger position (summed from the history)."""
+    """Balances now, or as of a time or a ledger position (summed from the indexed events).
+
+    As of a time or position, the events come from the store (``_indexed_events``): one
+    client's are few, but without a client every event of the ledger that touched a client
+    is read and decoded, in pages.
+    """
+    if as_of is None and as_of_position is None:
+        return _balances(_current(url, ledger, client))
+    when = datetime.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+    if when is not None and when.utcoffset() is None:
+        raise ValueError(f"as_of: {when.isoformat()} needs a time zone offset")
+    with psycopg.connect(url) as conn:
+        schema = _snapshot(conn)
+        found: dict[tuple[str, str, str], dict[str, int]] = {}
+        for event in _indexed_events(conn, schema, ledger, client, as_of_position):
+            if when is None or datetime.fromisoformat(event.time) <= when:
+                _add_postings(found, event, client)
+    return _balances(found)
+
+
+def _current(
+    url: str, ledger: str, client: str | None
+) -> dict[tuple[str, str, str], dict[str, int]]:
+    where, params = "ledger = %s", [ledger]
+    if client is not None:
+        where, params = where + " AND client = %s", [ledger, client]
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         schema = _live(cur, "client_balances")
-        params: list[Any] = [ledger]
-        where = "ledger = %s"
-        if client is not None:
-            where += " AND client = %s"
-            params.append(client)
-        if as_of is None and as_of_position is None:
-            cur.execute(
-                q(
-                    schema,
-                    "SELECT client, sub_account, asset, bucket, units::text"
-                    f" FROM {{s}}.balances WHERE {where}",
-                ),
-                params,
-            )
-        else:
-            if as_of is not None:
-                where += " AND time <= %s"
-                params.append(datetime.fromisoformat(as_of) if isinstance(as_of, str) else as_of)
-            if as_of_position is not None:
-                where += " AND position <= %s"
-                params.append(as_of_position)
-            cur.execute(
-                q(
-                    schema,
-                    "SELECT client, sub_account, asset, bucket, sum(delta)::text"
-                    f" FROM {{s}}.balance_history WHERE {where} GROUP BY 1, 2, 3, 4",
-                ),
-                params,
-            )
+        cur.execute(
+            q(
+                schema,
+                "SELECT client, sub_account, asset, bucket, units::text"
+                f" FROM {{s}}.balances WHERE {where}",
+            ),
+            params,
+        )
         rows = cur.fetchall()
     found: dict[tuple[str, str, str], dict[str, int]] = {}
     for client_id, sub, asset, bucket, units in rows:
         found.setdefault((client_id, sub, asset), {})[bucket] = int(units)
-    return _balances(found)
+    return found
+
+
+def _add_postings(
+    found: dict[tuple[str, str, str], dict[str, int]], event: Event, client: str | None
+) -> None:
+    """Add the event's client postings (of ``client`` only, if given) in normal direction."""
+    for _, asset, units, info in event.postings:
+        if info.kind == CLIENT and (client is None or info.client == client):
+            buckets = found.setdefault((info.client, info.sub_account, asset), {})
+            buckets[info.bucket] = buckets.get(info.bucket, 0) - units
 
 
 def _balances(found: dict[tuple[str, str, str], dict[str, int]]) -> list[Balance]:
@@ -275,33 +293,114 @@ def past(url: str, projection: str, ledger: str, as_of: datetime | str) -> Itera
 def explain(
     url: str, ledger: str, client: str, asset: str, sub_account: str | None = None
 ) -> Explanation:
-    """The events (position, time, type, the client's postings) whose sum is the balance."""
-    where, params = "ledger = %s AND client = %s AND asset = %s", [ledger, client, asset]
-    if sub_account is not None:
-        where += " AND sub_account = %s"
-        params.append(sub_account)
-    with psycopg.connect(url) as conn, conn.cursor() as cur:
-        cur.execute("SET LOCAL TimeZone = 'UTC'")
-        schema = _live(cur, "client_balances")
-        cur.execute(
-            q(
-                schema,
-                "SELECT position, time, type, sub_account, bucket, delta::text"
-                f" FROM {{s}}.balance_history WHERE {where} ORDER BY position, sub_account, bucket",
-            ),
-            params,
-        )
-        rows = cur.fetchall()
-        row = cur.execute(
+    """The events (position, time, type, the client's postings) whose sum is the balance.
+
+    The client's indexed events and the balance are read in one snapshot, so the events sum to
+    the balance shown even while the worker applies more.
+    """
+    with psycopg.connect(url) as conn:
+        schema = _snapshot(conn)
+        events = [
+            explained
+            for event in _indexed_events(conn, schema, ledger, client, None)
+            if (explained := _explained(event, client, asset, sub_account)) is not None
+        ]
+        where, params = "ledger = %s AND client = %s AND asset = %s", [ledger, client, asset]
+        if sub_account is not None:
+            where += " AND sub_account = %s"
+            params.append(sub_account)
+        row = conn.execute(
             q(schema, f"SELECT coalesce(sum(units), 0)::text FROM {{s}}.balances WHERE {where}"),
             params,
         ).fetchone()
-    events: list[ExplainedEvent] = []
-    for position, when, kind, sub, bucket, delta in rows:
-        if not events or events[-1].position != position:
-            events.append(ExplainedEvent(position, when.isoformat(), kind, []))
-        events[-1].postings.append((f"client:{client}:{sub}:{bucket}", -int(delta)))
     return Explanation(ledger, client, asset, sub_account, events, int(row[0]) if row else 0)
+
+
+def _explained(
+    event: Event, client: str, asset: str, sub_account: str | None
+) -> ExplainedEvent | None:
+    """The event's postings to the client's accounts in ``asset``; None if it has none."""
+    mine = [
+        (account, units, info)
+        for account, code, units, info in event.postings
+        if info.kind == CLIENT
+        and info.client == client
+        and code == asset
+        and (sub_account is None or info.sub_account == sub_account)
+    ]
+    if not mine:
+        return None  # the client was touched in another asset or sub-account
+    mine.sort(key=lambda p: (p[2].sub_account, p[2].bucket))
+    # Times are shown in UTC, whatever offset the writer used.
+    when = datetime.fromisoformat(event.time).astimezone(UTC).isoformat()
+    return ExplainedEvent(event.position, when, event.type, [(a, u) for a, u, _ in mine])
+
+
+class CorruptStoreError(RuntimeError):
+    """An event the balances read model indexed is missing from the store or no longer matches
+    it (does not decode, or names another ledger or position): the store was altered."""
+
+
+# Rows per fetch from the server-side cursor: memory stays bounded for as-of over a whole log.
+INDEXED_PAGE: Final = 5000
+
+
+def _snapshot(conn: psycopg.Connection[Any]) -> str:
+    """Start one REPEATABLE READ snapshot on ``conn``; the live balances schema (held)."""
+    with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return _live(cur, "client_balances")
+
+
+def _indexed_events(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    ledger: str,
+    client: str | None,
+    until_position: int | None,
+) -> Iterator[Event]:
+    """The indexed events of ``ledger`` (that touched ``client``, if given), read from the store
+    in position order through a server-side cursor, so a whole log never sits in memory."""
+    where, params = "ledger = %s", list[str | int]([ledger])
+    if client is not None:
+        where += " AND client = %s"
+        params.append(client)
+    if until_position is not None:
+        where += " AND position <= %s"
+        params.append(until_position)
+    # A left join, so that an indexed event missing from the store is seen, not skipped.
+    statement = q(
+        schema,
+        f"SELECT i.position, e.state FROM (SELECT DISTINCT position FROM {{s}}.client_events"
+        f" WHERE {where}) AS i LEFT JOIN {EVENTS_TABLE} AS e ON e.originator_id = %s"
+        " AND e.originator_version = i.position ORDER BY i.position",
+    )
+    with conn.cursor(name="indexed_events", binary=True) as cur:
+        try:
+            cur.execute(statement, [*params, ledger_id(ledger)])
+        except psycopg.errors.UndefinedTable as exc:
+            raise index_missing(schema) from exc
+        while rows := cur.fetchmany(INDEXED_PAGE):
+            for position, body in rows:
+                yield _stored_event(ledger, position, body)
+
+
+def _stored_event(ledger: str, position: int, body: bytes | None) -> Event:
+    """The decoded body at an indexed position; ``CorruptStoreError`` if it is not that event."""
+    where = f"ledger {ledger!r}, position {position}"
+    if body is None:
+        raise CorruptStoreError(f"{where}: indexed by the balances read model, not in the store")
+    try:
+        event = decode(body)
+    except DecodeError as exc:
+        raise CorruptStoreError(
+            f"{where}: the stored event does not decode: {exc.reason}"
+        ) from None
+    if event.ledger != ledger or event.position != position:
+        raise CorruptStoreError(
+            f"{where}: the stored event says ledger {event.ledger!r}, position {event.position}"
+        )
+    return event
 
 
 def projection_hash(url: str, projection: str, schema: str | None = None) -> str:

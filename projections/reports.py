@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from ledger.store import ledger_id
+from ledger.events import ledger_id
 
 TRADE_TYPES = (
     "rfq_requested",

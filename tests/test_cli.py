@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 from typer.testing import CliRunner, Result
 
+from ledger.events import ledger_id
 from primeledger.cli import app
 from tests.pipeline_support import (
     DAY,
@@ -236,6 +238,26 @@ def test_reading_projections_that_do_not_exist_yet_is_a_clear_error(
     assert result.exit_code == 1, describe(result)
     assert isinstance(result.exception, SystemExit), describe(result)  # no traceback
     assert "replay" in result.stderr
+
+
+def test_an_altered_store_behind_explain_is_reported_in_one_line(cli: Cli, tmp_path: Path) -> None:
+    answers = orjson.loads(cli.run("submit", commands_file(tmp_path, FUND), "-f", "json").stdout)
+    built = cli.run("replay", "--projection", "balances")
+    assert built.exit_code == 0, describe(built)
+    assert cli.json("explain", "--client", "fund-a", "--asset", "USD")  # the deposit, transfers
+    # Someone edits the first transfer's stored body in place.
+    transfer = answers[2]["positions"][0]
+    with psycopg.connect(cli.url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE primeledger_events SET state = %s"
+            " WHERE originator_id = %s AND originator_version = %s",
+            (b"{}", ledger_id(cli.ledger), transfer),
+        )
+    result = cli.run("explain", "--client", "fund-a", "--asset", "USD")
+    assert result.exit_code == 1, describe(result)
+    assert isinstance(result.exception, SystemExit), describe(result)  # no traceback
+    assert "the store does not match the read model" in words(result.stderr)
+    assert f"position {transfer}" in words(result.stderr)
 
 
 # --- reports on the trading day -----------------------------------------------------------
