@@ -91,7 +91,7 @@ _CACHE_MAX: Final = 200_000
 _OFFSET_SIGNS: Final = frozenset("+-")
 
 
-class _Posting(msgspec.Struct, forbid_unknown_fields=True):
+class _Posting(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """A posting as the writer makes it (``amount`` is display only: not read)."""
 
     account: str
@@ -100,7 +100,7 @@ class _Posting(msgspec.Struct, forbid_unknown_fields=True):
     amount: str = ""
 
 
-class _Body(msgspec.Struct, forbid_unknown_fields=True):
+class _Body(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """An event body as the writer makes it (``key``, ``prev``, ``hash``: checked, not read).
 
     Every field is typed, so every byte of a body is validated either here (strings are
