@@ -530,8 +530,17 @@ class _StoreReader:
 
     def bodies(self, after: int, until: int) -> list[bytes]:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            reader = _StoreReader(self.url, 2**31)
-            return [body for _, body in reader.page(conn, after, until)]
+            return self.bodies_in(conn, after, until)
+
+    def bodies_in(self, conn: psycopg.Connection[Any], after: int, until: int) -> list[bytes]:
+        """The bodies of a notification-id span (no ids: half the client's cost per row)."""
+        rows = conn.execute(
+            f"SELECT state FROM {EVENTS_TABLE} WHERE notification_id > %s"
+            " AND notification_id <= %s ORDER BY notification_id",
+            (after, until),
+            binary=True,
+        ).fetchall()
+        return [body for (body,) in rows]
 
     def pages(self) -> Iterator[list[bytes]]:
         """Every page after the last one read, up to the end of the log as it grows."""
@@ -590,8 +599,8 @@ def _child_init(url: str, names: list[str], cost_method: str, bounds: Bounds) ->
 
 
 def _child_page(after: int, until: int) -> PageResult:
-    rows = _CHILD["reader"].page(_CHILD["conn"], after, until)
-    result = aggregate_page(_CHILD["models"], _CHILD["bounds"], [body for _, body in rows])
+    bodies = _CHILD["reader"].bodies_in(_CHILD["conn"], after, until)
+    result = aggregate_page(_CHILD["models"], _CHILD["bounds"], bodies)
     result.span = (after, until)
     return result
 
