@@ -422,9 +422,18 @@ class Pnl:
         self.write(cur, schema, self.aggregate(Batch(events)))
 
     def aggregate(self, batch: Batch) -> list[Event]:
-        """The events that matter here; FIFO needs the stored lots, so the fold is in write."""
+        """The events that matter here; FIFO needs the stored lots, so the fold is in write.
+
+        Only fees are folded from their postings: the others (trades, cancellations, marks)
+        are kept without them, since a rebuild pickles this list from the process that
+        aggregates to the one that writes, and a trade's legs are most of its size.
+        """
         candidates = RELEVANT_TYPES
-        return [e for e in batch.events if e[2] in candidates and is_relevant(e)]
+        relevant = []
+        for event in batch.events:
+            if event[2] in candidates and is_relevant(event):
+                relevant.append(event if _is_fee(event) else event._replace(postings=()))
+        return relevant
 
     def write(self, cur: Cursor, schema: str, relevant: list[Event]) -> None:
         if not relevant:
