@@ -30,7 +30,7 @@ from projections.decode import CLIENT, DecodeError, Event, decode
 from projections.generations import drop_schema, live_schemas
 from projections.pnl import PNL_COLUMNS, PnlState, fold
 from projections.pnl_report import PnlLine, PnlReport, build_report
-from projections.replay import replay
+from projections.replay import StoreReader, replay
 from projections.trust_reserve import COLUMNS as TRUST_COLUMNS
 from projections.trust_reserve import TrustReservePosition
 
@@ -431,26 +431,15 @@ def projection_hash(url: str, projection: str, schema: str | None = None) -> str
 def store_events(url: str, ledger: str, page: int = 5000) -> Iterator[Event]:
     """The ledger's events from ``primeledger_events`` in commit order; what does not decode
     or can never be applied is left out, as the worker dead-letters it."""
-    last = 0
     models = read_models(ALL)
-    with psycopg.connect(url, autocommit=True) as conn:
-        while True:
-            rows = conn.execute(
-                f"SELECT notification_id, state FROM {EVENTS_TABLE} WHERE notification_id > %s"
-                " ORDER BY notification_id LIMIT %s",
-                (last, page),
-                binary=True,
-            ).fetchall()
-            for _, body in rows:
-                try:
-                    event = decode(bytes(body))
-                except DecodeError:
-                    continue
-                if event.ledger == ledger and unusable(models, event) is None:
-                    yield event
-            if len(rows) < page:
-                return
-            last = int(rows[-1][0])
+    for bodies in StoreReader(url, page).pages():
+        for body in bodies:
+            try:
+                event = decode(body)
+            except DecodeError:
+                continue
+            if event.ledger == ledger and unusable(models, event) is None:
+                yield event
 
 
 @dataclass

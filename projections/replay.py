@@ -175,7 +175,7 @@ def _from_store(
     cost_method: str,
     do_swap: bool,
 ) -> None:
-    reader = _StoreReader(url, page_size)
+    reader = StoreReader(url, page_size)
     end = reader.end()
     count = workers if workers is not None else _default_workers(end - reader.last)
     if count > 1:
@@ -515,7 +515,7 @@ def _gc_paused() -> Iterator[None]:
 # --- Sources ------------------------------------------------------------------------------
 
 
-class _StoreReader:
+class StoreReader:
     """Pages of event bodies from the public log, in notification order."""
 
     def __init__(self, url: str, page_size: int) -> None:
@@ -566,7 +566,7 @@ def _parallel(
     names: list[str],
     cost_method: str,
     bounds: Bounds,
-    reader: _StoreReader,
+    reader: StoreReader,
     end: int,
     workers: int,
 ) -> Iterator[PageResult]:
@@ -594,7 +594,7 @@ def _child_init(url: str, names: list[str], cost_method: str, bounds: Bounds) ->
     _CHILD["conn"] = psycopg.connect(url, autocommit=True)
     _CHILD["models"] = read_models(names, cost_method=cost_method)
     _CHILD["bounds"] = bounds
-    _CHILD["reader"] = _StoreReader(url, 2**31)
+    _CHILD["reader"] = StoreReader(url, 2**31)
     gc.disable()  # see _gc_paused; a child process does nothing else
 
 
