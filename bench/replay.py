@@ -56,6 +56,7 @@ from bench._common import (
 from ledger.accounts import client_account
 from ledger.application import Ledger
 from ledger.money import format_units
+from projections import decode
 from projections.catalog import ALL
 from projections.export_ledger import export
 from projections.queries import balances
@@ -431,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
         note(f"ours / ledger-cli = {ratio:.2f}x (target >= {TARGET_RATIO:.0f}x: {verdict})")
     note(f"peak RSS of the replay = {peak:,.0f} MiB (target <= {TARGET_RSS_MIB}: {rss_verdict})")
+    decoder = "python" if decode.PURE_PYTHON or decode._native is None else "native"
+    note(f"decoder fast path: {decoder} (PRIMELEDGER_PURE_PYTHON=1 measures without the C one)")
     print_result(
         {
             "bench": "replay",
@@ -442,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "peak_rss_mib": round(peak, 1),
             "events": found["events"],
             "runs": len(ours),
+            "decoder": decoder,
         }
     )
 

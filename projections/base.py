@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import psycopg
 from psycopg import sql
 
-from projections.decode import Event
+from projections.decode import Event, native_sum_postings
 
 Cursor = psycopg.Cursor[Any]
 # The store's public log (eventsourcing's table: state = the event body, topic = its type,
@@ -54,14 +54,23 @@ class Batch:
     @property
     def sums(self) -> dict[tuple[str, str, str], int]:
         if self._sums is None:
-            sums: dict[tuple[str, str, str], int] = {}
-            get = sums.get
-            for ledger, _, _, _, _, postings in self.events:
-                for account, asset, units, _ in postings:
-                    key = (ledger, account, asset)
-                    sums[key] = get(key, 0) + units
-            self._sums = sums
+            self._sums = (
+                sum_postings(self.events)
+                if native_sum_postings is None
+                else native_sum_postings(self.events)
+            )
         return self._sums
+
+
+def sum_postings(events: Sequence[Event]) -> dict[tuple[str, str, str], int]:
+    """Per (ledger, account, asset), the events' summed units (``_native`` does the same)."""
+    sums: dict[tuple[str, str, str], int] = {}
+    get = sums.get
+    for ledger, _, _, _, _, postings in events:
+        for account, asset, units, _ in postings:
+            key = (ledger, account, asset)
+            sums[key] = get(key, 0) + units
+    return sums
 
 
 class ProjectionSetupError(RuntimeError):
