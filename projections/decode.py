@@ -277,7 +277,8 @@ def _fast(raw: Any) -> Event | None:
     """The event if everything is as the writer makes it, else None (then diagnose)."""
     kind, ledger, position, time = raw["type"], raw["ledger"], raw["position"], raw["time"]
     if (
-        raw["v"] != SCHEMA_VERSION
+        type(raw["v"]) is not int  # not True, not 1.0: the version is the integer 1
+        or raw["v"] != SCHEMA_VERSION
         or kind not in KNOWN_TYPES
         or ledger not in _LEDGERS
         or type(position) is not int
@@ -342,7 +343,7 @@ def _diagnose(raw: Any) -> Event:
     if not isinstance(raw, dict):
         raise DecodeError("body: not a JSON object")
     version = raw.get("v")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise DecodeError(f"v: schema version {version!r} is not {SCHEMA_VERSION}")
     kind = raw.get("type")
     if kind not in KNOWN_TYPES:

@@ -160,3 +160,13 @@ def test_bodies_damaged_byte_by_byte_decode_alike(base: Any, cut: int, replaceme
         assert typed[1].startswith("data: not readable JSON")
     else:
         assert typed == generic
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1"])
+def test_the_schema_version_is_the_integer_one(version: Any) -> None:
+    """``true == 1`` and ``1.0 == 1`` in Python; neither is schema version 1 in JSON."""
+    raw = changed(writer_body(), "v", version)
+    with pytest.raises(DecodeError, match=r"^v: schema version"):
+        decode(raw)
+    with pytest.raises(DecodeError, match=r"^v: schema version"):
+        _generic(raw)
