@@ -24,6 +24,10 @@
 #define MAX_POSTINGS 64  /* more postings than this: the Python path decides */
 #define MAX_DIGITS 36    /* units longer than this: the Python path decides (fits in int128) */
 
+/* A sum of MAX_POSTINGS units of MAX_DIGITS digits each must fit in a signed 128-bit integer
+ * (2^127 is about 1.7e38): 64 * 10^36 = 6.4e37. */
+_Static_assert(MAX_POSTINGS <= 170 && MAX_DIGITS <= 36, "a posting sum could overflow int128");
+
 static PyObject *g_ledgers;   /* set of ledger names seen (decode._LEDGERS) */
 static PyObject *g_accounts;  /* dict account -> AccountInfo (decode._ACCOUNTS) */
 static PyObject *g_types;     /* dict event type -> the same str (decode.KNOWN_TYPES) */
@@ -362,7 +366,9 @@ postings_tuple(const RawPosting *raw, Py_ssize_t count, PyObject **assets)
             Py_DECREF(out);
             return NULL;
         }
-        PyObject *info = PyDict_GetItemWithError(g_accounts, account);
+        /* Owned at once: an allocation below may run a collection, and its finalizers
+         * Python code that could clear the cache and free a borrowed value. */
+        PyObject *info = Py_XNewRef(PyDict_GetItemWithError(g_accounts, account));
         if (info == NULL) {
             Py_DECREF(account);
             Py_DECREF(out);
@@ -371,18 +377,19 @@ postings_tuple(const RawPosting *raw, Py_ssize_t count, PyObject **assets)
         PyObject *units = units_object(raw[i].units, raw[i].units_len);
         if (units == NULL) {
             Py_DECREF(account);
+            Py_DECREF(info);
             Py_DECREF(out);
             return NULL;
         }
         PyObject *item = PyTuple_New(4);
         if (item == NULL) {
             Py_DECREF(account);
+            Py_DECREF(info);
             Py_DECREF(units);
             Py_DECREF(out);
             return NULL;
         }
         Py_INCREF(assets[i]);
-        Py_INCREF(info);
         PyTuple_SET_ITEM(item, 0, account);
         PyTuple_SET_ITEM(item, 1, assets[i]);
         PyTuple_SET_ITEM(item, 2, units);
@@ -509,11 +516,61 @@ position_value(Cursor *c, long long *out)
     return 1;
 }
 
-/* time: the writer's ISO-8601 form, as far as the Python path checks it. */
+/* Two ASCII digits as a number, or -1. */
 static int
-time_shape(const char *s, Py_ssize_t n)
+two_digits(const char *s)
 {
-    return n >= 11 && s[10] == 'T' && (s[n - 6] == '+' || s[n - 6] == '-');
+    if (s[0] < '0' || s[0] > '9' || s[1] < '0' || s[1] > '9') {
+        return -1;
+    }
+    return (s[0] - '0') * 10 + (s[1] - '0');
+}
+
+static int
+days_in_month(int year, int month)
+{
+    static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    return month == 2 && leap ? 29 : days[month - 1];
+}
+
+/* time: the writer's form only, YYYY-MM-DDTHH:MM:SS[.ffffff]+HH:MM (isoformat of an aware
+ * datetime), with every field in range: a subset of what the Python paths accept (``_is_time``),
+ * which decide anything else (a "Z", another number of decimals...). */
+static int
+valid_time(const char *s, Py_ssize_t n)
+{
+    if (n != 25 && n != 32) {
+        return 0;
+    }
+    if (s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':') {
+        return 0;
+    }
+    if (n == 32) {
+        if (s[19] != '.') {
+            return 0;
+        }
+        for (int i = 20; i < 26; i++) {
+            if (s[i] < '0' || s[i] > '9') {
+                return 0;
+            }
+        }
+    }
+    const char *offset = s + n - 6;
+    if ((offset[0] != '+' && offset[0] != '-') || offset[3] != ':') {
+        return 0;
+    }
+    int century = two_digits(s), year = two_digits(s + 2), month = two_digits(s + 5);
+    int day = two_digits(s + 8), hour = two_digits(s + 11), minute = two_digits(s + 14);
+    int second = two_digits(s + 17), off_hour = two_digits(offset + 1);
+    int off_minute = two_digits(offset + 4);
+    if (century < 0 || year < 0 || month < 1 || month > 12 || day < 1 || hour < 0 ||
+        hour > 23 || minute < 0 || minute > 59 || second < 0 || second > 59 || off_hour < 0 ||
+        off_hour > 23 || off_minute < 0 || off_minute > 59) {
+        return 0;
+    }
+    year += century * 100;
+    return year >= 1 && day <= days_in_month(year, month);
 }
 
 static int
@@ -553,7 +610,7 @@ parse(Cursor *c, Parsed *b)
     }
     return TAKE(c, ",\"prev\":") && plain_string(c, &prev, &prev_len) &&
            TAKE(c, ",\"time\":") && plain_string(c, &b->time, &b->time_len) &&
-           time_shape(b->time, b->time_len) && TAKE(c, ",\"type\":") &&
+           valid_time(b->time, b->time_len) && TAKE(c, ",\"type\":") &&
            plain_string(c, &b->type, &b->type_len) && TAKE(c, ",\"v\":1,\"hash\":") &&
            plain_string(c, &hash, &hash_len) && TAKE(c, "}") && c->p == c->end;
 }
@@ -609,7 +666,9 @@ native_configure(PyObject *module, PyObject *args)
 static PyObject *
 native_sum_postings(PyObject *module, PyObject *events)
 {
-    PyObject *seq = PySequence_Fast(events, "sum_postings: expected a sequence of events");
+    /* A tuple of our own: the items stay alive whatever Python code runs meanwhile (an
+     * addition, a key's hash, a collection's finalizers), even if the caller's list changes. */
+    PyObject *seq = PySequence_Tuple(events);
     if (seq == NULL) {
         return NULL;
     }
@@ -618,10 +677,9 @@ native_sum_postings(PyObject *module, PyObject *events)
         Py_DECREF(seq);
         return NULL;
     }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t count = PyTuple_GET_SIZE(seq);
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *event = items[i];
+        PyObject *event = PyTuple_GET_ITEM(seq, i);
         if (!PyTuple_Check(event) || PyTuple_GET_SIZE(event) != 6 ||
             !PyTuple_Check(PyTuple_GET_ITEM(event, 5))) {
             PyErr_SetString(PyExc_TypeError, "sum_postings: expected decoded events");

@@ -32,6 +32,7 @@ parsed on first use (``_Data``). ``PRIMELEDGER_PURE_PYTHON=1`` switches path 1 o
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, NamedTuple
@@ -102,8 +103,11 @@ class DecodeError(ValueError):
 _ACCOUNTS: dict[str, AccountInfo] = {}
 _LEDGERS: set[str] = set()
 _CACHE_MAX: Final = 200_000
-# The writer's times look like 2026-11-22T04:40:00.123456+00:00; anything else is diagnosed.
-_OFFSET_SIGNS: Final = frozenset("+-")
+# The writer's times look like 2026-11-22T04:40:00.123456+00:00 (``_is_time`` checks them).
+_TIME: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+    r"(?:[+-](?:[01][0-9]|2[0-3]):[0-5][0-9]|Z)"  # RFC 3339: an offset's minutes < 60
+)
 
 
 class _Posting(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -237,8 +241,7 @@ def _typed(body: _Body, ascii_only: bool) -> Event | None:
         or kind not in KNOWN_TYPES
         or ledger not in _LEDGERS
         or not 1 <= position <= _ORJSON_INT_MAX
-        or time[10:11] != "T"
-        or time[-6:-5] not in _OFFSET_SIGNS
+        or not _is_time(time)
     ):
         return None
     raw_data = body.data
@@ -284,8 +287,7 @@ def _fast(raw: Any) -> Event | None:
         or type(position) is not int
         or position < 1
         or type(time) is not str
-        or time[10:11] != "T"
-        or time[-6:-5] not in _OFFSET_SIGNS
+        or not _is_time(time)
         or type(raw["data"]) is not dict
     ):
         return None
@@ -372,6 +374,13 @@ def _ledger(name: object) -> str:
 
 
 def _is_time(text: str) -> bool:
+    """RFC 3339 with an offset, a real date and time: what PostgreSQL stores as timestamptz.
+
+    The writer writes ``isoformat()`` of an aware UTC time; a looser shape (Python also reads
+    week dates or another separator) could reach a read model and fail only when written.
+    """
+    if _TIME.fullmatch(text) is None:
+        return False
     try:
         return datetime.fromisoformat(text).utcoffset() is not None
     except ValueError:

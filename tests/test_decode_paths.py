@@ -70,6 +70,13 @@ CHANGES: list[tuple[str, Any]] = [
     ("position", 2**63), ("position", 2**64 - 1), ("position", 2**64), ("position", 10**30),
     ("time", "2026-11-22 04:40:00"), ("time", "2026-11-22T04:40:00"), ("time", 5),
     ("time", "2026-11-22T04:40:00Z"), ("time", "xxxxxxxxxxTxxxxxxxxxxxxxxxxxxxx+00:00"),
+    ("time", "aaaaa-aaaaT"), ("time", "2026-02-29T04:40:00.123456+00:00"),
+    ("time", "2024-02-29T04:40:00.123456+00:00"), ("time", "2026-11-22T24:00:00+00:00"),
+    ("time", "2026-11-22T04:40:00.123456+24:00"), ("time", "2026-11-22T04:40:00+00:60"),
+    ("time", "2026-13-22T04:40:00+00:00"), ("time", "0000-11-22T04:40:00+00:00"),
+    ("time", "2026-W47-7T04:40:00+00:00"), ("time", "2026-11-22X04:40:00+00:00"),
+    ("time", "2026-11-22T04:40:00.123+00:00"), ("time", "2026-11-22T04:40:00.1234567+00:00"),
+    ("time", "２026-11-22T04:40:00+00:00"), ("time", "2026-11-22T04:40:00-05:30"),
     ("data", []), ("data", "x"), ("data", None), ("data", {"note": "naïve"}),
     ("data", {"big": 10**30}), ("data", {"nested": {"a": [1, 2, {"b": None}]}}),
     ("key", 5), ("key", None), ("prev", 7), ("hash", None), ("extra", 1),
@@ -170,3 +177,22 @@ def test_the_schema_version_is_the_integer_one(version: Any) -> None:
         decode(raw)
     with pytest.raises(DecodeError, match=r"^v: schema version"):
         _generic(raw)
+
+
+@pytest.mark.parametrize(
+    "time",
+    [
+        "aaaaa-aaaaT",
+        "xxxxxxxxxxTxxxxxxxxxxxxxxxxxxxx+00:00",
+        "2026-02-29T04:40:00.123456+00:00",
+        "2026-11-22T24:00:00+00:00",
+        "2026-11-22T04:40:00+24:00",
+        "2026-W47-7T04:40:00+00:00",
+        "2026-11-22T04:40:00",
+    ],
+)
+def test_a_time_that_is_not_rfc_3339_with_an_offset_is_refused_by_name(time: str) -> None:
+    """PostgreSQL stores the time as timestamptz: refuse at decode what it could not store."""
+    raw = changed(writer_body(), "time", time)
+    with pytest.raises(DecodeError, match=r"^time: expected an ISO-8601 time with offset"):
+        decode(raw)

@@ -267,3 +267,58 @@ def test_pure_python_mode_switches_the_c_path_off_and_decodes_alike() -> None:
         f"{event.postings[0][:3]}\n"
     )
     assert result.stdout.decode() == expected
+
+
+def test_sum_postings_keeps_its_events_alive_while_python_code_runs() -> None:
+    """An addition can run Python code; the C loop must not read a list that code emptied."""
+    batch: list[tuple[Any, ...]] = []
+
+    class Clearing(int):
+        def __radd__(self, other: int) -> int:
+            batch.clear()  # drops the caller's only reference to every event
+            return int(self) + other
+
+    batch.append(("L", 1, "t", TIME, {}, (("a" * 200, "USD", Clearing(5), None),)))
+    batch.append(("L", 2, "t", TIME, {}, (("b" * 200, "USD", 7, None),)))
+    assert decode.native_sum_postings is not None
+    sums = decode.native_sum_postings(batch)
+    assert sums == {("L", "a" * 200, "USD"): 5, ("L", "b" * 200, "USD"): 7}
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    # Small values often, so that every field is in range in a good share of the examples.
+    fields=st.lists(st.integers(0, 99) | st.integers(1, 12), min_size=8, max_size=8),
+    century=st.sampled_from([0, 19, 20, 21, 99]),
+    sign=st.sampled_from("+-"),
+    micros=st.one_of(st.none(), st.integers(min_value=0, max_value=999_999)),
+)
+def test_times_in_the_writers_shape_are_judged_like_python_judges_them(
+    fields: list[int], century: int, sign: str, micros: int | None
+) -> None:
+    """Every date and clock field in and out of range: the C check agrees with Python's."""
+    year, month, day, hour, minute, second, off_hour, off_minute = fields
+    fraction = "" if micros is None else f".{micros:06d}"
+    time = (
+        f"{century:02d}{year:02d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+        f"{fraction}{sign}{off_hour:02d}:{off_minute:02d}"
+    )
+    raw = canonical_changed(writer_bodies()[0], "time", time)
+    generic = outcome(_generic, raw)
+    assert native_outcome(raw) == (generic if generic[0] == "event" else None), time
+
+
+@pytest.mark.parametrize(
+    "time",
+    [
+        "2024-02-29T00:00:00+00:00",
+        "2000-02-29T12:30:45.000001+05:30",
+        "0001-01-01T00:00:00-23:59",
+        "9999-12-31T23:59:59.999999+23:59",
+    ],
+)
+def test_edge_times_in_range_take_the_c_path(time: str) -> None:
+    raw = canonical_changed(writer_bodies()[0], "time", time)
+    found = native_outcome(raw)
+    assert found is not None
+    assert found == outcome(_generic, raw)
