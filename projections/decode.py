@@ -215,6 +215,8 @@ if _native is not None and not PURE_PYTHON:
     )
     _native_decode = _native.decode
     native_sum_postings = _native.sum_postings
+# Which fast path decodes here, for benchmarks and diagnostics: "native" or "python".
+FAST_PATH: Final = "python" if _native_decode is None else "native"
 
 
 def _generic(body: bytes | memoryview) -> Event:
