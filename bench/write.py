@@ -182,6 +182,14 @@ def per_command_latencies(work: Sequence[Submitter]) -> list[float]:
     return [seconds for s in work for seconds, count in s.latencies for _ in range(count)]
 
 
+def transfer_commands(workload: Workload, prefix: str) -> list[list[dict[str, Any]]]:
+    """Each submitter's transfer commands, with idempotency keys unique per ``prefix``."""
+    return [
+        [transfer_command(move, f"{prefix}-{t}-{i}") for i, move in enumerate(moves)]
+        for t, moves in enumerate(workload.moves)
+    ]
+
+
 def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
@@ -209,12 +217,7 @@ def run_ours(server_url: str, transfers: int, seed: int) -> OursRun:
             setup_head = ledger.position
             workload = make_workload(CLIENTS, transfers, seed)
             work = [
-                Submitter(
-                    chunks(
-                        [transfer_command(m, f"t{seed}-{t}-{i}") for i, m in enumerate(ms)], CHUNK
-                    )
-                )
-                for t, ms in enumerate(workload.moves)
+                Submitter(chunks(group, CHUNK)) for group in transfer_commands(workload, f"t{seed}")
             ]
             commits = count_commits(ledger)
             results: list[list[CommandResult]] = []

@@ -43,7 +43,7 @@ from bench.write import (
     chunks,
     make_workload,
     run_threads,
-    transfer_command,
+    transfer_commands,
 )
 from ledger.application import Ledger
 from ledger.processing import Outcome
@@ -59,11 +59,7 @@ def run(server_url: str, transfers: int, seed: int, free: bool) -> float:
         try:
             open_funded_clients(ledger, CLIENTS, sub_accounts=SUBS, asset=ASSET, amount=FUNDING)
             head = ledger.position
-            workload = make_workload(CLIENTS, transfers, seed)
-            groups = [
-                [transfer_command(m, f"b{seed}-{t}-{i}") for i, m in enumerate(moves)]
-                for t, moves in enumerate(workload.moves)
-            ]
+            groups = transfer_commands(make_workload(CLIENTS, transfers, seed), f"b{seed}")
             if free:
                 precompute(ledger, [c for group in groups for c in group])
             results: list[Any] = []
