@@ -7,7 +7,7 @@ PACKAGES := ledger streams projections primeledger
 
 .PHONY: install lint typecheck test demo bench docs up down status clean
 
-$(STAMP): pyproject.toml projections/_native.c
+$(STAMP): pyproject.toml projections/_native.c ledger/_fastpath.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

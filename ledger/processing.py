@@ -7,6 +7,8 @@ batching and the store around it.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,9 +21,15 @@ from ledger.decide import DECIDERS, Context, Draft
 from ledger.decide_trading import TRADING_DECIDERS, trust_alerts
 from ledger.errors import Rejection
 from ledger.journal import Entry, open_sealed, seal
+from ledger.money import ASSETS, MAX_UNITS
 from ledger.results import CommandResult
 from ledger.state import LedgerState
 from ledger.store import CommandRecord
+
+try:
+    from ledger import _fastpath
+except ImportError:  # not built here (no C compiler): the Python path gives the same outcomes
+    _fastpath = None  # type: ignore[assignment]
 
 ALL_DECIDERS = {**DECIDERS, **TRADING_DECIDERS}
 RECENT_ENTRIES = 50_000  # sealed bodies kept for reversals before falling back to the store
@@ -43,6 +51,26 @@ class Outcome:
     record: CommandRecord | None = None
 
 
+# An accepted transfer, the commonest command, decided and sealed in C (``_fastpath.c``): the
+# same outcome and the same state changes as ``process`` below, or None for anything else,
+# which this module then decides. PRIMELEDGER_PURE_PYTHON=1 leaves it out.
+FastTransfer = Callable[["Processor", Mapping[str, Any]], Outcome | None]
+_fast_transfer: FastTransfer | None = None
+if _fastpath is not None and not os.environ.get("PRIMELEDGER_PURE_PYTHON"):
+    _fastpath.configure(
+        {code: a.scale for code, a in ASSETS.items()},
+        CommandResult,
+        CommandRecord,
+        Outcome,
+        hashlib.sha256,
+        UTC,
+        RECENT_ENTRIES,
+        KNOWN_KEYS,
+        MAX_UNITS,
+    )
+    _fast_transfer = _fastpath.transfer
+
+
 class Processor:
     """Decides commands against ``state`` and applies the events it seals, in order."""
 
@@ -57,6 +85,9 @@ class Processor:
         self.ledger = ledger
         self.state = state
         self.clock = clock or partial(datetime.now, UTC)
+        # The C fast path reads the wall clock itself unless a clock was given (tests).
+        self._system_clock = clock is None
+        self.fast_transfer = _fast_transfer
         self.load_body = load_body
         self.known: OrderedDict[str, Known] = OrderedDict()
         # True while ``known`` holds every key of the ledger (a new ledger, nothing evicted):
@@ -85,6 +116,11 @@ class Processor:
         return now
 
     def process(self, raw: Mapping[str, Any] | Command) -> Outcome:
+        fast = self.fast_transfer
+        if fast is not None and type(raw) is dict and raw.get("type") == "transfer":
+            outcome = fast(self, raw)
+            if outcome is not None:
+                return outcome
         try:
             command = parse_command(raw)
         except Rejection as rejection:
