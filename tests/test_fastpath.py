@@ -51,9 +51,12 @@ def ticking(step: timedelta) -> Callable[[], datetime]:
     return lambda: next(times)
 
 
-def pair(step: timedelta = timedelta(microseconds=7)) -> tuple[Processor, Processor]:
-    fast = Processor("fast-ledger", LedgerState(), clock=ticking(step))
-    pure = Processor("fast-ledger", LedgerState(), clock=ticking(step))
+def pair(
+    step: timedelta = timedelta(microseconds=7), ledger: str = "fast-ledger"
+) -> tuple[Processor, Processor]:
+    """Two processors, set up alike, with the same clock: one with the C path, one without."""
+    fast = Processor(ledger, LedgerState(), clock=ticking(step))
+    pure = Processor(ledger, LedgerState(), clock=ticking(step))
     pure.fast_transfer = None
     for processor in (fast, pure):
         processor.knows_all = True
@@ -188,13 +191,7 @@ def test_refused_odd_and_repeated_commands_give_the_python_outcome() -> None:
 
 
 def test_a_ledger_name_that_needs_escaping_goes_the_python_way() -> None:
-    fast = Processor('quote"d', LedgerState(), clock=ticking(timedelta(microseconds=3)))
-    pure = Processor('quote"d', LedgerState(), clock=ticking(timedelta(microseconds=3)))
-    pure.fast_transfer = None
-    for processor in (fast, pure):
-        processor.knows_all = True
-        for command in SET_UP:
-            processor.process(command)
+    fast, pure = pair(ledger='quote"d')
     assert run_both(fast, pure, [transfer("1")]) == 0
 
 
@@ -324,14 +321,7 @@ def test_a_key_object_that_changes_the_command_while_compared_cannot_crash_it() 
 
 def test_edges_of_the_state_go_the_python_way_and_decide_alike() -> None:
     """Found in review: a long ledger name, a last reading not in UTC, a huge position."""
-    long_name = "L" * 201
-    fast = Processor(long_name, LedgerState(), clock=ticking(timedelta(microseconds=3)))
-    pure = Processor(long_name, LedgerState(), clock=ticking(timedelta(microseconds=3)))
-    pure.fast_transfer = None
-    for processor in (fast, pure):
-        processor.knows_all = True
-        for command in SET_UP:
-            processor.process(command)
+    fast, pure = pair(ledger="L" * 201)
     assert run_both(fast, pure, [transfer("1")]) == 0
 
     clock_user = Processor("clock", LedgerState())  # the system clock, read by the C path
