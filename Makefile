@@ -7,7 +7,7 @@ PACKAGES := ledger streams projections primeledger
 
 .PHONY: install lint typecheck test demo bench docs up down status clean
 
-$(STAMP): pyproject.toml projections/_native.c ledger/_fastpath.c
+$(STAMP): pyproject.toml setup.py projections/_native.c ledger/_fastpath.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml projections/_native.c ledger/_fastpath.c
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(PACKAGES) tests bench
-	$(BIN)/ruff format --check $(PACKAGES) tests bench
+	$(BIN)/ruff check $(PACKAGES) tests bench setup.py
+	$(BIN)/ruff format --check $(PACKAGES) tests bench setup.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy $(PACKAGES)
