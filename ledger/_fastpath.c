@@ -450,7 +450,7 @@ get_attr(PyObject *obj, const char *name)
 
 /* The parts of the decision that can refuse: client, sub-accounts, funds. 1 to go on. */
 static int
-decide(PyObject *state, const Transfer *t, PyObject *from_key, PyObject **balance_from)
+decide(PyObject *state, const Transfer *t, PyObject *from_key)
 {
     PyObject *clients = get_attr(state, "clients");
     PyObject *balances = get_attr(state, "balances");
@@ -494,8 +494,7 @@ decide(PyObject *state, const Transfer *t, PyObject *from_key, PyObject **balanc
     if (!enough) {
         goto done; /* insufficient_funds */
     }
-    *balance_from = balance == NULL ? PyLong_FromLong(0) : Py_NewRef(balance);
-    ok = *balance_from != NULL;
+    ok = 1;
 done:
     Py_XDECREF(clients);
     Py_XDECREF(balances);
@@ -557,7 +556,7 @@ native_transfer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *result = NULL, *state = NULL, *known = NULL, *ledger = NULL, *head = NULL;
     PyObject *from_account = NULL, *to_account = NULL, *from_key = NULL, *to_key = NULL;
-    PyObject *asset = NULL, *balance_from = NULL, *position_obj = NULL, *stamp = NULL;
+    PyObject *asset = NULL, *position_obj = NULL, *stamp = NULL;
     PyObject *command_digest = NULL, *digest = NULL, *body = NULL, *balances = NULL;
     PyObject *recent = NULL, *res = NULL, *result_json = NULL, *record = NULL, *events = NULL;
     PyObject *known_entry = NULL, *event = NULL, *units_obj = NULL, *minus_units = NULL;
@@ -591,7 +590,7 @@ native_transfer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (from_key == NULL || to_key == NULL) {
         goto fail;
     }
-    if (!decide(state, &t, from_key, &balance_from)) {
+    if (!decide(state, &t, from_key)) {
         goto none_or_fail;
     }
     head = get_attr(state, "head_hash");
@@ -793,7 +792,6 @@ done:
     Py_XDECREF(from_key);
     Py_XDECREF(to_key);
     Py_XDECREF(asset);
-    Py_XDECREF(balance_from);
     Py_XDECREF(position_obj);
     Py_XDECREF(stamp);
     Py_XDECREF(command_digest);
