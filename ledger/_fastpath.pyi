@@ -1,5 +1,5 @@
 # Stub of the C extension built from _fastpath.c (see ledger/processing.py).
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import tzinfo
 from typing import Any
 
@@ -15,3 +15,10 @@ def configure(
     max_units: int,
 ) -> None: ...
 def transfer(processor: Any, raw: Mapping[str, Any]) -> Any: ...
+def process_all(
+    processor: Any,
+    commands: Sequence[Any],
+    results: list[Any],
+    events: list[tuple[int, str, bytes]],
+    records: list[Any],
+) -> None: ...

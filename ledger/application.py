@@ -246,12 +246,7 @@ class Ledger:
         records: list[CommandRecord] = []
         try:
             for ticket in tickets:
-                for raw in ticket.commands:
-                    outcome = processor.process(raw)
-                    ticket.results.append(outcome.result)
-                    events.extend(outcome.events)
-                    if outcome.record is not None and not outcome.result.replayed:
-                        records.append(outcome.record)
+                processor.process_all(ticket.commands, ticket.results, events, records)
         except Exception as exc:
             # A bug, not a rejection: the state may hold part of this batch, so none of it is
             # written, every caller in it hears of the fault, and the state is rebuilt.

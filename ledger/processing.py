@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -56,6 +56,7 @@ class Outcome:
 # which this module then decides. PRIMELEDGER_PURE_PYTHON=1 leaves it out.
 FastTransfer = Callable[["Processor", Mapping[str, Any]], Outcome | None]
 _fast_transfer: FastTransfer | None = None
+_fast_all: Callable[..., None] | None = None
 if _fastpath is not None and not os.environ.get("PRIMELEDGER_PURE_PYTHON"):
     _fastpath.configure(
         {code: a.scale for code, a in ASSETS.items()},
@@ -69,6 +70,7 @@ if _fastpath is not None and not os.environ.get("PRIMELEDGER_PURE_PYTHON"):
         MAX_UNITS,
     )
     _fast_transfer = _fastpath.transfer
+    _fast_all = _fastpath.process_all
 
 
 class Processor:
@@ -115,12 +117,40 @@ class Processor:
         self._last_time = now
         return now
 
+    def process_all(
+        self,
+        commands: Sequence[Mapping[str, Any] | Command],
+        results: list[CommandResult],
+        events: list[tuple[int, str, bytes]],
+        records: list[CommandRecord],
+    ) -> None:
+        """``process`` each command in order, appending what the writer needs of them.
+
+        Each result goes to ``results``, each event to ``events``, and each new idempotency
+        record (not those of replayed results) to ``records``. With the C fast path in place
+        the loop itself runs in C and builds no ``Outcome`` for accepted transfers: the
+        same appends, a few microseconds less per command.
+        """
+        if _fast_all is not None and self.fast_transfer is _fast_transfer:
+            _fast_all(self, commands, results, events, records)
+            return
+        for raw in commands:
+            outcome = self.process(raw)
+            results.append(outcome.result)
+            events.extend(outcome.events)
+            if outcome.record is not None and not outcome.result.replayed:
+                records.append(outcome.record)
+
     def process(self, raw: Mapping[str, Any] | Command) -> Outcome:
         fast = self.fast_transfer
         if fast is not None and type(raw) is dict and raw.get("type") == "transfer":
             outcome = fast(self, raw)
             if outcome is not None:
                 return outcome
+        return self._process(raw)
+
+    def _process(self, raw: Mapping[str, Any] | Command) -> Outcome:
+        """The Python path: every command the fast path leaves (or all, without it)."""
         try:
             command = parse_command(raw)
         except Rejection as rejection:

@@ -337,3 +337,75 @@ def test_edges_of_the_state_go_the_python_way_and_decide_alike() -> None:
     for processor in (fast, pure):
         processor.state.position = 2**63
     assert run_both(fast, pure, [transfer("1", key="big")]) == 0
+
+
+def process_all_both(
+    fast: Processor, pure: Processor, commands: list[Any]
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """``process_all`` on both: C's loop on ``fast``, the Python loop on ``pure``; compared."""
+    seen = []
+    for processor in (fast, pure):
+        results: list[Any] = []
+        events: list[tuple[int, str, bytes]] = []
+        records: list[Any] = []
+        processor.process_all(commands, results, events, records)
+        seen.append(
+            (
+                [(r.as_dict(), r.replayed) for r in results],
+                events,
+                [(r.key, r.command_hash, r.result) for r in records],
+            )
+        )
+    assert seen[0] == seen[1]
+    same_state(fast, pure)
+    return seen[0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=st.lists(commands, max_size=80), step=st.integers(min_value=0, max_value=1_000_001))
+def test_process_all_in_c_appends_what_the_python_loop_appends(
+    batch: list[dict[str, Any]], step: int
+) -> None:
+    fast, pure = pair(timedelta(microseconds=step))
+    crypto_funding(fast, pure)
+    # More than 32 commands, so the loop also offers the GIL midway (every 32).
+    process_all_both(fast, pure, [dict(command) for command in batch])
+
+
+def test_process_all_takes_models_replays_and_rejections_in_order() -> None:
+    from ledger.commands import parse_command
+
+    fast, pure = pair()
+    assert fast.fast_transfer is processing._fast_transfer
+    commands: list[Any] = [
+        transfer("1", key="a"),
+        parse_command(transfer("2", key="m")),  # a pydantic model: the Python path
+        transfer("1", key="a"),  # a retry: replayed, no new record
+        transfer("3", key="a"),  # the same key, another command: a conflict
+        transfer("99999", key="poor"),  # insufficient funds: a rejection, recorded
+        {"type": "transfer"},  # no key: refused by the schema, nothing recorded
+        transfer("4", key="b"),
+    ]
+    results, events, records = process_all_both(fast, pure, commands)
+    assert [(r["key"], r["status"]) for r, _ in results] == [
+        ("a", "accepted"),
+        ("m", "accepted"),
+        ("a", "accepted"),
+        ("a", "rejected"),
+        ("poor", "rejected"),
+        ("", "rejected"),
+        ("b", "accepted"),
+    ]
+    assert [replayed for _, replayed in results] == [False, False, True, False, False, False, False]
+    assert [key for key, _, _ in records] == ["a", "m", "poor", "b"]  # no record: retry, conflict
+    assert [position for position, _, _ in events] == [5, 6, 7]
+
+
+def test_process_all_refuses_wrong_arguments() -> None:
+    from ledger import _fastpath
+
+    fast, _ = pair()
+    with pytest.raises(TypeError):
+        _fastpath.process_all(fast, [transfer("1")], (), [], [])
+    with pytest.raises(TypeError):
+        _fastpath.process_all(fast, 5, [], [], [])

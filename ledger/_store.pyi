@@ -1,0 +1,13 @@
+# Stub of the C extension built from _store.c (see ledger/store.py).
+from collections.abc import Sequence
+from typing import Any
+
+def encode_events(originator: bytes, events: Sequence[tuple[int, str, bytes]]) -> bytes: ...
+def encode_commands(ledger: str, records: Sequence[Any]) -> bytes: ...
+def commit(
+    pgconn_ptr: int,
+    head_sql: bytes,
+    lock_sql: bytes | None,
+    copies: tuple[tuple[bytes, bytes], ...],
+) -> tuple[str, ...] | None: ...
+def libpq() -> tuple[str, int] | None: ...
