@@ -7,7 +7,7 @@ PACKAGES := ledger streams projections primeledger
 
 .PHONY: install lint typecheck test demo bench docs up down status clean
 
-$(STAMP): pyproject.toml setup.py projections/_native.c ledger/_fastpath.c
+$(STAMP): pyproject.toml setup.py projections/_native.c ledger/_fastpath.c ledger/_store.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -17,6 +17,8 @@ setup(
         # The writer's accepted transfers (ledger/processing.py).
         Extension("ledger._fastpath", ["ledger/_fastpath.c"], extra_compile_args=FLAGS,
                   optional=True),
+        # The store's COPY framing and batch commit without the GIL (ledger/store.py).
+        Extension("ledger._store", ["ledger/_store.c"], extra_compile_args=FLAGS, optional=True),
         # The read side's decoder (projections/decode.py).
         Extension("projections._native", ["projections/_native.c"], extra_compile_args=FLAGS,
                   optional=True),
