@@ -13,15 +13,22 @@ Three measurements in one run, on the same PostgreSQL server:
   command (one transaction each), with the aggregates held in memory so that only the
   writes are compared.
 
-Every run is checked (all accepted, zero-sum, expected final balances, retries answered from
-the idempotency record) and the benchmark fails loudly if a check does not hold. The last
-stdout line is one JSON object (see ``print_result``).
+Every run is checked (all accepted, each call answered once per command and in order,
+zero-sum, expected final balances, retries answered from the idempotency record) and the
+benchmark fails loudly if a check does not hold. The last stdout line is one JSON object
+(see ``print_result``).
+
+The harness keeps its own garbage out of the measurement: its prebuilt commands are frozen
+out of the collector's full passes (``gc.freeze``), and each call's results are checked as
+they come instead of all being kept. A server would hold neither; before this, scanning
+them cost the writer ~10% (52.8k against 58.5k transfers/s, same host, same run).
 
 Run: ``python -m bench.write`` (``--quick`` for one short run of each).
 """
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
 import time
@@ -219,17 +226,25 @@ def run_ours(server_url: str, transfers: int, seed: int) -> OursRun:
             work = [
                 Submitter(chunks(group, CHUNK)) for group in transfer_commands(workload, f"t{seed}")
             ]
+            first_call = work[0].calls[0]
+            first_results: list[CommandResult] = []
             commits = count_commits(ledger)
-            results: list[list[CommandResult]] = []
+            # The prebuilt commands stand for requests still on their way: a server would not
+            # hold them all, so the collector's full passes are spared scanning them.
+            gc.freeze()
 
             def submit(commands: list[dict[str, Any]]) -> None:
-                results.append(ledger.submit(commands))  # list.append is atomic under the GIL
+                # Checked as they come, as a client would; not kept for the collector to scan.
+                answered = ledger.submit(commands)
+                require_accepted(answered, "ours")
+                if [r.key for r in answered] != [c["key"] for c in commands]:
+                    raise BenchmarkFailedError("ours: not every command answered once, in order")
+                if commands is first_call:
+                    first_results.extend(answered)
 
             elapsed = run_threads(work, submit)
-            for batch in results:
-                require_accepted(batch, "ours")
             check_ledger(ledger, url, workload, setup_head)
-            check_retries(ledger, work[0].calls[0], results)
+            check_retries(ledger, first_call, [first_results])
             body = ledger.store.event_body(ledger.position)
         finally:
             ledger.close()
