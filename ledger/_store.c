@@ -67,107 +67,133 @@ field_bytes(PyObject *value, int text, Py_ssize_t *n, const char *what)
     return NULL;
 }
 
-/* Rows of up to four text/bytea fields after an optional leading field, framed as one COPY
- * buffer. ``fields(item, i, out, n)`` yields field i of an item; sizes are summed first so
- * the buffer is allocated once. */
-typedef const char *(*FieldFn)(PyObject *item, int i, PyObject **hold, Py_ssize_t *n);
+/* Rows of ``count`` text/bytea fields after a fixed lead, framed as one COPY buffer.
+ * ``field(item, i, f)`` fills field i of an item. Every field is fetched exactly once, into
+ * ``fields`` (holding a strong reference to whatever owns the bytes), before anything is
+ * written: attribute getters and ``__index__`` may run Python code, which could otherwise
+ * mutate the rows or return different values between sizing and writing. The rows themselves
+ * are snapshotted into a tuple, so a list mutated meanwhile cannot free an item in use. */
+typedef struct {
+    PyObject *hold;
+    const char *data;
+    Py_ssize_t n;
+    char int8[8];
+} Field;
+typedef int (*FieldFn)(PyObject *item, int i, Field *f);
 
 static PyObject *
 copy_rows(PyObject *items, const char *lead, Py_ssize_t lead_len, int count, FieldFn field)
 {
-    PyObject *seq = PySequence_Fast(items, "rows must be a sequence");
+    PyObject *seq = PySequence_Tuple(items);
     if (seq == NULL) {
         return NULL;
     }
-    Py_ssize_t rows = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t rows = PyTuple_GET_SIZE(seq);
     PyObject *out = NULL;
+    Field *fields = NULL;
+    Py_ssize_t got = 0;
+    if (rows > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(Field) / count) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    fields = PyMem_Calloc((size_t)(rows * count) + 1, sizeof(Field));
+    if (fields == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
     Py_ssize_t total = (Py_ssize_t)sizeof COPY_SIGNATURE + 2;
-    for (int pass = 0; pass < 2; pass++) {
-        char *p = NULL;
-        if (pass == 1) {
-            out = PyBytes_FromStringAndSize(NULL, total);
-            if (out == NULL) {
-                goto fail;
-            }
-            p = PyBytes_AS_STRING(out);
-            memcpy(p, COPY_SIGNATURE, sizeof COPY_SIGNATURE);
-            p += sizeof COPY_SIGNATURE;
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        if (total > PY_SSIZE_T_MAX - lead_len) {
+            goto too_big;
         }
-        for (Py_ssize_t r = 0; r < rows; r++) {
-            PyObject *item = PySequence_Fast_GET_ITEM(seq, r);
-            if (pass == 0) {
-                total += lead_len;
+        total += lead_len;
+        for (int i = 0; i < count; i++, got++) {
+            Field *f = &fields[got];
+            if (field(PyTuple_GET_ITEM(seq, r), i, f) < 0) {
+                got++; /* release its hold too */
+                goto done;
             }
-            else {
-                memcpy(p, lead, (size_t)lead_len);
-                p += lead_len;
+            if (f->n > INT32_MAX) {
+                got++;
+                PyErr_SetString(PyExc_OverflowError, "a COPY field over 2 GiB");
+                goto done;
             }
-            for (int i = 0; i < count; i++) {
-                PyObject *hold = NULL;
-                Py_ssize_t n;
-                const char *data = field(item, i, &hold, &n);
-                if (data == NULL || n > INT32_MAX) {
-                    if (data != NULL) {
-                        PyErr_SetString(PyExc_OverflowError, "a COPY field over 2 GiB");
-                    }
-                    Py_XDECREF(hold);
-                    goto fail;
-                }
-                if (pass == 0) {
-                    total += 4 + n;
-                }
-                else {
-                    p = put_field(p, data, n);
-                }
-                Py_XDECREF(hold);
+            if (total > PY_SSIZE_T_MAX - 4 - f->n) {
+                got++;
+                goto too_big;
             }
-        }
-        if (pass == 1) {
-            p[0] = p[1] = (char)0xff;
+            total += 4 + f->n;
         }
     }
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) {
+        goto done;
+    }
+    char *p = PyBytes_AS_STRING(out);
+    memcpy(p, COPY_SIGNATURE, sizeof COPY_SIGNATURE);
+    p += sizeof COPY_SIGNATURE;
+    for (Py_ssize_t r = 0, k = 0; r < rows; r++) {
+        memcpy(p, lead, (size_t)lead_len);
+        p += lead_len;
+        for (int i = 0; i < count; i++, k++) {
+            p = put_field(p, fields[k].data, fields[k].n);
+        }
+    }
+    p[0] = p[1] = (char)0xff;
+    goto done;
+too_big:
+    PyErr_SetString(PyExc_OverflowError, "COPY rows too large");
+done:
+    if (fields != NULL) {
+        for (Py_ssize_t k = 0; k < got; k++) {
+            Py_XDECREF(fields[k].hold);
+        }
+        PyMem_Free(fields);
+    }
     Py_DECREF(seq);
+    if (PyErr_Occurred()) {
+        Py_CLEAR(out);
+    }
     return out;
-fail:
-    Py_XDECREF(out);
-    Py_DECREF(seq);
-    return NULL;
 }
 
 /* (position, type, body): field 0 is the position as int8, then the type and the body. */
-static const char *
-event_field(PyObject *item, int i, PyObject **hold, Py_ssize_t *n)
+static int
+event_field(PyObject *item, int i, Field *f)
 {
-    static char int8[8]; /* copied into the buffer before the next call (GIL held) */
     if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
         PyErr_SetString(PyExc_TypeError, "an event must be a (position, type, body) tuple");
-        return NULL;
+        return -1;
     }
     if (i == 0) {
         long long position = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 0));
         if (position == -1 && PyErr_Occurred()) {
-            return NULL;
+            return -1;
         }
         for (int k = 0; k < 8; k++) {
-            int8[k] = (char)((unsigned long long)position >> (56 - 8 * k));
+            f->int8[k] = (char)((unsigned long long)position >> (56 - 8 * k));
         }
-        *n = 8;
-        return int8;
+        f->data = f->int8;
+        f->n = 8;
+        return 0;
     }
-    return field_bytes(PyTuple_GET_ITEM(item, i), i == 1, n, i == 1 ? "an event's type" : "a body");
+    f->hold = Py_NewRef(PyTuple_GET_ITEM(item, i));
+    f->data = field_bytes(f->hold, i == 1, &f->n, i == 1 ? "an event's type" : "a body");
+    return f->data == NULL ? -1 : 0;
 }
 
-static const char *
-record_field(PyObject *item, int i, PyObject **hold, Py_ssize_t *n)
+static int
+record_field(PyObject *item, int i, Field *f)
 {
     static PyObject **names[3] = {&n_key, &n_command_hash, &n_result};
-    *hold = PyObject_GetAttr(item, *names[i]);
-    if (*hold == NULL) {
-        return NULL;
+    f->hold = PyObject_GetAttr(item, *names[i]);
+    if (f->hold == NULL) {
+        return -1;
     }
-    return field_bytes(*hold, i < 2, n, i == 0 ? "a record's key"
-                                 : i == 1 ? "a record's command_hash"
-                                          : "a record's result");
+    f->data = field_bytes(f->hold, i < 2, &f->n, i == 0 ? "a record's key"
+                                              : i == 1 ? "a record's command_hash"
+                                                       : "a record's result");
+    return f->data == NULL ? -1 : 0;
 }
 
 static PyObject *
@@ -194,15 +220,20 @@ native_encode_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     if (ledger == NULL) {
         return NULL;
     }
-    if (n > 4096) {
-        PyErr_SetString(PyExc_ValueError, "encode_commands: ledger name too long");
+    if (n > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "encode_commands: ledger name too long");
         return NULL;
     }
-    char lead[2 + 4 + 4096];
+    char *lead = PyMem_Malloc((size_t)(2 + 4 + n));
+    if (lead == NULL) {
+        return PyErr_NoMemory();
+    }
     lead[0] = 0;
     lead[1] = 4;
     put_field(lead + 2, ledger, n);
-    return copy_rows(args[1], lead, 2 + 4 + n, 3, record_field);
+    PyObject *out = copy_rows(args[1], lead, 2 + 4 + n, 3, record_field);
+    PyMem_Free(lead);
+    return out;
 }
 
 /* --- the batch transaction through libpq, without the GIL --------------------------------- */
@@ -344,7 +375,9 @@ copy_in(Commit *c, PGconn *conn, int i)
         if (pq.put_copy_data(conn, c->data[i] + sent, (int)n) != 1) {
             pq.put_copy_end(conn, "the writer could not send its batch");
             failed(c, conn, NULL, "COPY data not sent");
-            while ((pq.get_result(conn)) != NULL) {
+            PGresult *res;
+            while ((res = pq.get_result(conn)) != NULL) {
+                pq.clear(res);
             }
             return FAILED;
         }
@@ -491,7 +524,12 @@ native_commit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (status == FENCED) {
         return Py_BuildValue("(ss)", "fenced", "");
     }
-    return Py_BuildValue("(sss)", "error", c.message, c.sqlstate);
+    /* The message is in the connection's client_encoding and may have been cut mid-character. */
+    PyObject *message = PyUnicode_DecodeUTF8(c.message, (Py_ssize_t)strlen(c.message), "replace");
+    if (message == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(sNs)", "error", message, c.sqlstate);
 }
 
 static PyObject *

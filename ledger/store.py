@@ -228,7 +228,7 @@ class LedgerStore:
             copies += ((self._copy_events_sql, _encode_events(self.originator_id.bytes, events)),)
         if commands:
             copies += ((self._copy_commands_sql, _encode_commands(self.ledger, commands)),)
-        with self.datastore.get_connection() as conn:
+        with self.datastore.get_connection() as conn, conn.lock:
             # Documented by psycopg for calling libpq directly, though not in its protocol.
             pointer: int | None = conn.pgconn.pgconn_ptr  # type: ignore[attr-defined]
             if pointer is None:
@@ -241,7 +241,12 @@ class LedgerStore:
                 f"ledger {self.ledger!r}: another writer owns it (epoch {epoch} is stale)"
             )
         message, sqlstate = failure[1], failure[2]
-        error = psycopg.errors.lookup(sqlstate) if sqlstate else psycopg.OperationalError
+        error: type[psycopg.Error] = psycopg.OperationalError  # no SQLSTATE: the connection
+        if sqlstate:
+            try:
+                error = psycopg.errors.lookup(sqlstate)
+            except KeyError:  # a code psycopg does not know (a trigger's own, say)
+                error = psycopg.DatabaseError
         raise error(f"batch not committed: {message.strip()}")
 
     def _copy_events(

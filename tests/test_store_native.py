@@ -266,3 +266,108 @@ def test_commit_refuses_bad_arguments_before_touching_the_connection(
             _store.commit(pointer, b"SELECT 1", None, ())
         conn.execute("ROLLBACK")
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+# --- review regressions: rows that change while they are framed -----------------------------
+
+
+class Changing:
+    """A record whose key changes length on every read (a getter running Python code)."""
+
+    def __init__(self, lengths: list[int]) -> None:
+        self.lengths = lengths
+        self.reads = 0
+
+    @property
+    def key(self) -> str:
+        self.reads += 1
+        return "k" * self.lengths[min(self.reads, len(self.lengths)) - 1]
+
+    command_hash = "h"
+    result = b"r"
+
+
+@pytest.mark.parametrize("lengths", [[1, 10_000], [50, 1]])
+def test_a_key_that_changes_between_reads_is_read_once(lengths: list[int]) -> None:
+    assert _store is not None
+    record = Changing(lengths)
+    framed = _store.encode_commands("L", [record])
+    assert record.reads == 1
+    assert framed == encode_commands("L", [CommandRecord("k" * lengths[0], "h", b"r")])
+
+
+def test_rows_emptied_or_replaced_while_framed_cannot_crash_it() -> None:
+    assert _store is not None
+    rows: list[Any] = []
+
+    class Clearing:
+        @property
+        def key(self) -> str:
+            rows.clear()  # the caller's list, emptied under the encoder
+            return "k"
+
+        command_hash = "h"
+        result = b"r"
+
+    rows.extend([Clearing(), Clearing()])
+    framed = _store.encode_commands("L", rows)
+    assert framed == encode_commands("L", [CommandRecord("k", "h", b"r")] * 2)
+
+    events: list[Any] = []
+
+    class Position:
+        def __index__(self) -> int:
+            events[0] = None  # drops the only other reference to the row being read
+            events.append((2, "t", bytes(100_000)))
+            return 1
+
+    events.append((Position(), "type", b"body"))
+    framed = _store.encode_events(bytes(16), events)
+    assert framed == encode_events(bytes(16), [(1, "type", b"body")])
+
+
+def test_a_long_ledger_name_frames_like_python() -> None:
+    assert _store is not None
+    name = "é" * 5000
+    rows = [CommandRecord("k", "h", b"r")]
+    assert _store.encode_commands(name, rows) == encode_commands(name, rows)
+
+
+def test_server_messages_arrive_whole_whatever_their_bytes(
+    stores: tuple[LedgerStore, LedgerStore],
+) -> None:
+    native = stores[0]
+    epoch, head = native.claim()
+    events, _ = batch(1, 1, "n")
+    native.commit_batch(
+        epoch=epoch,
+        expected_head=head,
+        events=events,
+        commands=[CommandRecord("é" * 600, "h", b"r")],
+    )
+    # A duplicate key: the message quotes it and is cut at 1 KiB, maybe mid-character.
+    for length in (600, 601):
+        more, _ = batch(2, 1, "n")
+        records = [CommandRecord("é" * length, "h", b"r")] * 2
+        with pytest.raises(psycopg.errors.UniqueViolation, match="batch not committed"):
+            native.commit_batch(epoch=epoch, expected_head=1, events=more, commands=records)
+
+
+def test_an_sqlstate_psycopg_does_not_know_is_still_a_database_error(
+    stores: tuple[LedgerStore, LedgerStore], fresh_db_url: str
+) -> None:
+    with psycopg.connect(fresh_db_url, autocommit=True) as admin:
+        admin.execute(
+            "CREATE FUNCTION veto() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN RAISE EXCEPTION 'vetoed' USING ERRCODE = 'ZZ999'; END $$"
+        )
+        admin.execute(
+            "CREATE TRIGGER veto BEFORE INSERT ON primeledger_commands"
+            " FOR EACH ROW EXECUTE FUNCTION veto()"
+        )
+    native = stores[0]
+    epoch, head = native.claim()
+    events, records = batch(1, 1, "n")
+    with pytest.raises(psycopg.DatabaseError, match="vetoed"):
+        native.commit_batch(epoch=epoch, expected_head=head, events=events, commands=records)
+    assert rows(fresh_db_url, "native") == ([], [], 0)
