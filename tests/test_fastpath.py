@@ -26,6 +26,7 @@ from ledger import processing
 from ledger.journal import open_sealed
 from ledger.processing import KNOWN_KEYS, RECENT_ENTRIES, Outcome, Processor
 from ledger.state import LedgerState
+from tests.pure_python import run_pure_python
 
 pytestmark = pytest.mark.skipif(
     processing._fast_transfer is None and bool(os.environ.get("PRIMELEDGER_PURE_PYTHON")),
@@ -272,13 +273,7 @@ def test_pure_python_mode_switches_the_c_path_off() -> None:
         "assert processing._fast_transfer is None; "
         "assert Processor('x', LedgerState()).fast_transfer is None; print('pure')"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        check=True,
-        env={**os.environ, "PRIMELEDGER_PURE_PYTHON": "1"},
-    )
-    assert result.stdout == b"pure\n"
+    assert run_pure_python(script) == "pure\n"
 
 
 def test_an_ordered_dict_of_known_keys_keeps_its_order() -> None:

@@ -11,9 +11,6 @@ field and byte by byte. ``sum_postings`` must equal the Python loop, insertion o
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import orjson
@@ -24,6 +21,7 @@ from hypothesis import strategies as st
 from ledger.journal import seal
 from projections import base, decode
 from projections.decode import DecodeError, _generic
+from tests.pure_python import run_pure_python
 from tests.test_decode_paths import CHANGES, changed, outcome
 
 pytestmark = pytest.mark.skipif(
@@ -254,19 +252,13 @@ def test_pure_python_mode_switches_the_c_path_off_and_decodes_alike() -> None:
         "print(e.ledger, e.position, e.type, sorted(d.dict(e.data)), e.postings[0][:3])"
     )
     body = writer_bodies()[0]
-    result = subprocess.run(
-        [sys.executable, "-c", script.replace("d.dict", "dict")],
-        input=body,
-        capture_output=True,
-        check=True,
-        env={**os.environ, "PRIMELEDGER_PURE_PYTHON": "1"},
-    )
+    output = run_pure_python(script.replace("d.dict", "dict"), stdin=body)
     event = _generic(body)
     expected = (
         f"{event.ledger} {event.position} {event.type} {sorted(event.data)} "
         f"{event.postings[0][:3]}\n"
     )
-    assert result.stdout.decode() == expected
+    assert output == expected
 
 
 def test_sum_postings_keeps_its_events_alive_while_python_code_runs() -> None:

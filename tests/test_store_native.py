@@ -8,8 +8,6 @@ bytes, the same rows in the same tables, the same refusals, nothing half written
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +26,7 @@ from ledger.store import (
     encode_commands,
     encode_events,
 )
+from tests.pure_python import run_pure_python
 
 try:
     from ledger import _store
@@ -234,13 +233,7 @@ def test_pure_python_mode_commits_through_psycopg() -> None:
         "assert not store.native_commit_available(); "
         "assert store._encode_events is store.encode_events; print('pure')"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        check=True,
-        env={**os.environ, "PRIMELEDGER_PURE_PYTHON": "1"},
-    )
-    assert result.stdout == b"pure\n"
+    assert run_pure_python(script) == "pure\n"
 
 
 def test_commit_refuses_bad_arguments_before_touching_the_connection(
