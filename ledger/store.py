@@ -16,6 +16,10 @@ Batches are written with ``COPY`` (much faster than the library's row INSERT) un
 library's ``LOCK TABLE ... EXCLUSIVE``, so notification order equals commit order and a relay
 tailing the table never skips an event. ``POSTGRES_ENABLE_DB_FUNCTIONS`` stays off: that path
 skips the lock (see STACK-NOTES).
+
+Where the C module ``ledger._store`` is built, a batch's transaction (the same statements) is
+sent through libpq with the GIL released, on a connection of the same pool: through psycopg,
+each round trip ended in a wait for the GIL the decider held (README, "Decisions").
 """
 
 from __future__ import annotations
