@@ -24,7 +24,7 @@ import random
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +317,11 @@ def note(message: str) -> None:
 def print_result(result: dict[str, Any]) -> None:
     """The benchmark's last stdout line: one JSON object."""
     print(json.dumps(result), flush=True)
+
+
+def run_main(name: str, main: Callable[[], None]) -> None:
+    """A benchmark's entry point: a failed check voids its figures, with a clear exit."""
+    try:
+        main()
+    except BenchmarkFailedError as failure:
+        raise SystemExit(f"bench.{name} FAILED, its figures are void: {failure}") from failure

@@ -64,6 +64,7 @@ from bench._common import (
     print_result,
     print_table,
     require_accepted,
+    run_main,
     transfer_commands,
 )
 from ledger.accounts import client_account
@@ -691,7 +692,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchmarkFailedError as failure:
-        raise SystemExit(f"bench.lag FAILED, its figures are void: {failure}") from failure
+    run_main("lag", main)

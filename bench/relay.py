@@ -46,6 +46,7 @@ from bench._common import (
     postgres_server,
     print_result,
     print_table,
+    run_main,
     submit_all,
     transfer_commands,
 )
@@ -258,7 +259,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchmarkFailedError as failure:
-        raise SystemExit(f"bench.relay FAILED, its figures are void: {failure}") from failure
+    run_main("relay", main)

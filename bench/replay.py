@@ -52,6 +52,7 @@ from bench._common import (
     postgres_server,
     print_result,
     print_table,
+    run_main,
     submit_all,
 )
 from ledger.accounts import client_account
@@ -466,7 +467,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchmarkFailedError as failure:
-        raise SystemExit(f"bench.replay FAILED, its figures are void: {failure}") from failure
+    run_main("replay", main)

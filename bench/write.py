@@ -56,6 +56,7 @@ from bench._common import (
     print_result,
     print_table,
     require_accepted,
+    run_main,
 )
 from ledger.accounts import client_account
 from ledger.application import Ledger
@@ -553,7 +554,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchmarkFailedError as failure:
-        raise SystemExit(f"bench.write FAILED, its figures are void: {failure}") from failure
+    run_main("write", main)

@@ -31,6 +31,7 @@ from bench._common import (
     print_result,
     print_table,
     require_accepted,
+    run_main,
 )
 from bench.write import (
     ASSET,
@@ -137,7 +138,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchmarkFailedError as failure:
-        raise SystemExit(f"bench.write_bound FAILED, its figures are void: {failure}") from failure
+    run_main("write_bound", main)
