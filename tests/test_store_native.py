@@ -7,7 +7,6 @@ bytes, the same rows in the same tables, the same refusals, nothing half written
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,8 +33,7 @@ except ImportError:  # pragma: no cover - only where no C compiler built it
     _store = None  # type: ignore[assignment]
 
 pytestmark = pytest.mark.skipif(
-    _store is None and bool(os.environ.get("PRIMELEDGER_PURE_PYTHON")),
-    reason="PRIMELEDGER_PURE_PYTHON=1: the C module is not built",
+    store_module.PURE_PYTHON, reason="PRIMELEDGER_PURE_PYTHON=1: the C module is switched off"
 )
 
 texts = st.text(max_size=40)
