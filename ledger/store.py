@@ -232,26 +232,23 @@ class LedgerStore:
             copies += ((self._copy_events_sql, _encode_events(self.originator_id.bytes, events)),)
         if commands:
             copies += ((self._copy_commands_sql, _encode_commands(self.ledger, commands)),)
-        with self.datastore.get_connection() as conn, conn.lock:
-            # Documented by psycopg for calling libpq directly, though not in its protocol.
-            pointer: int | None = conn.pgconn.pgconn_ptr  # type: ignore[attr-defined]
-            if pointer is None:
-                raise psycopg.OperationalError("batch not committed: the connection is closed")
-            failure = _native.commit(pointer, head, self._lock_sql if events else None, copies)
-        if failure is None:
-            return
-        if failure[0] == "fenced":
-            raise WriterFencedError(
-                f"ledger {self.ledger!r}: another writer owns it (epoch {epoch} is stale)"
-            )
-        message, sqlstate = failure[1], failure[2]
-        error: type[psycopg.Error] = psycopg.OperationalError  # no SQLSTATE: the connection
-        if sqlstate:
-            try:
-                error = psycopg.errors.lookup(sqlstate)
-            except KeyError:  # a code psycopg does not know (a trigger's own, say)
-                error = psycopg.DatabaseError
-        raise error(f"batch not committed: {message.strip()}")
+        with self.datastore.get_connection() as conn:
+            # Raised in here, a psycopg error is translated by eventsourcing as on the psycopg
+            # path (IntegrityError, OperationalError...), with psycopg's as its cause.
+            with conn.lock:
+                # Documented by psycopg for calling libpq directly, not in its protocol.
+                pointer: int | None = conn.pgconn.pgconn_ptr  # type: ignore[attr-defined]
+                if pointer is None:
+                    raise psycopg.OperationalError("batch not committed: connection closed")
+                lock = self._lock_sql if events else None
+                failure = _native.commit(pointer, head, lock, copies)
+            if failure is None:
+                return
+            if failure[0] == "fenced":
+                raise WriterFencedError(
+                    f"ledger {self.ledger!r}: another writer owns it (epoch {epoch} is stale)"
+                )
+            raise _server_error(failure[1], failure[2])
 
     def _copy_events(
         self, curs: psycopg.Cursor[Any], events: Sequence[tuple[int, str, bytes]]
@@ -392,6 +389,17 @@ _encode_commands: Callable[[str, Sequence[CommandRecord]], bytes] = encode_comma
 if _native is not None and not PURE_PYTHON:
     _encode_events = _native.encode_events
     _encode_commands = _native.encode_commands
+
+
+def _server_error(message: str, sqlstate: str) -> psycopg.Error:
+    """The psycopg exception for a failure the native commit reported."""
+    error: type[psycopg.Error] = psycopg.OperationalError  # no SQLSTATE: the connection
+    if sqlstate:
+        try:
+            error = psycopg.errors.lookup(sqlstate)
+        except KeyError:  # a code psycopg does not know (a trigger's own, say)
+            error = psycopg.DatabaseError
+    return error(f"batch not committed: {message.strip()}")
 
 
 def _sql_text(query: Any) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from eventsourcing import persistence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -192,8 +193,9 @@ def test_a_failing_statement_rolls_the_whole_batch_back_and_the_store_goes_on(
     native.commit_batch(epoch=epoch, expected_head=head, events=events, commands=records)
     # The same idempotency keys again: the commands COPY fails after the events COPY worked.
     more, _ = batch(4, 3, "n")
-    with pytest.raises(psycopg.errors.UniqueViolation, match="batch not committed"):
+    with pytest.raises(persistence.IntegrityError, match="batch not committed") as failed:
         native.commit_batch(epoch=epoch, expected_head=3, events=more, commands=records)
+    assert isinstance(failed.value.__cause__, psycopg.errors.UniqueViolation)
     assert rows(fresh_db_url, "native")[2] == 3
     assert len(rows(fresh_db_url, "native")[0]) == 3
     # The pooled connection was left idle: the next batch commits.
@@ -213,14 +215,14 @@ def test_a_lost_server_connection_is_an_error_not_a_hang(
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
     events, records = batch(1, 2, "n")
-    with pytest.raises(psycopg.OperationalError, match="batch not committed"):
+    with pytest.raises(persistence.OperationalError, match="batch not committed"):
         native.commit_batch(epoch=epoch, expected_head=head, events=events, commands=records)
     # Broken connections are dropped by the pool as they come back; a new one commits.
     for _ in range(8):
         try:
             native.commit_batch(epoch=epoch, expected_head=head, events=events, commands=records)
             break
-        except psycopg.OperationalError:
+        except persistence.OperationalError:
             continue
     assert rows(fresh_db_url, "native")[2] == 2
 
@@ -340,7 +342,7 @@ def test_server_messages_arrive_whole_whatever_their_bytes(
     for length in (600, 601):
         more, _ = batch(2, 1, "n")
         records = [CommandRecord("é" * length, "h", b"r")] * 2
-        with pytest.raises(psycopg.errors.UniqueViolation, match="batch not committed"):
+        with pytest.raises(persistence.IntegrityError, match="batch not committed"):
             native.commit_batch(epoch=epoch, expected_head=1, events=more, commands=records)
 
 
@@ -359,6 +361,22 @@ def test_an_sqlstate_psycopg_does_not_know_is_still_a_database_error(
     native = stores[0]
     epoch, head = native.claim()
     events, records = batch(1, 1, "n")
-    with pytest.raises(psycopg.DatabaseError, match="vetoed"):
+    with pytest.raises(persistence.DatabaseError, match="vetoed") as failed:
         native.commit_batch(epoch=epoch, expected_head=head, events=events, commands=records)
+    assert type(failed.value.__cause__) is psycopg.DatabaseError
     assert rows(fresh_db_url, "native") == ([], [], 0)
+
+
+def test_both_paths_raise_the_same_exception_for_the_same_failure(
+    stores: tuple[LedgerStore, LedgerStore],
+) -> None:
+    raised = []
+    for store in stores:
+        epoch, head = store.claim()
+        events, records = batch(1, 2, store.ledger)
+        store.commit_batch(epoch=epoch, expected_head=head, events=events, commands=records)
+        more, _ = batch(3, 2, store.ledger)
+        with pytest.raises(persistence.PersistenceError) as failed:
+            store.commit_batch(epoch=epoch, expected_head=2, events=more, commands=records)
+        raised.append((type(failed.value), type(failed.value.__cause__)))
+    assert raised[0] == raised[1] == (persistence.IntegrityError, psycopg.errors.UniqueViolation)
