@@ -8,7 +8,6 @@ batching and the store around it.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from ledger.decide_trading import TRADING_DECIDERS, trust_alerts
 from ledger.errors import Rejection
 from ledger.journal import Entry, open_sealed, seal
 from ledger.money import ASSETS, MAX_UNITS
+from ledger.native import PURE_PYTHON
 from ledger.results import CommandResult
 from ledger.state import LedgerState
 from ledger.store import CommandRecord
@@ -57,7 +57,7 @@ class Outcome:
 FastTransfer = Callable[["Processor", Mapping[str, Any]], Outcome | None]
 _fast_transfer: FastTransfer | None = None
 _fast_all: Callable[..., None] | None = None
-if _fastpath is not None and not os.environ.get("PRIMELEDGER_PURE_PYTHON"):
+if _fastpath is not None and not PURE_PYTHON:
     _fastpath.configure(
         {code: a.scale for code, a in ASSETS.items()},
         CommandResult,

@@ -24,7 +24,6 @@ each round trip ended in a wait for the GIL the decider held (README, "Decisions
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from psycopg.sql import SQL, Identifier, Literal
 
 from ledger.errors import WriterFencedError
 from ledger.events import ledger_id
+from ledger.native import PURE_PYTHON
 
 try:
     from ledger import _store as _native
@@ -383,7 +383,6 @@ def encode_commands(ledger: str, commands: Sequence[CommandRecord]) -> bytes:
 
 # The same two encoders in C (ledger/_store.c), byte for byte: the committer shares the GIL
 # with the decider, and these loops were a microsecond and a half per transfer in Python.
-PURE_PYTHON = bool(os.environ.get("PRIMELEDGER_PURE_PYTHON"))
 _encode_events: Callable[[bytes, Sequence[tuple[int, str, bytes]]], bytes] = encode_events
 _encode_commands: Callable[[str, Sequence[CommandRecord]], bytes] = encode_commands
 if _native is not None and not PURE_PYTHON:

@@ -31,7 +31,6 @@ parsed on first use (``_Data``). ``PRIMELEDGER_PURE_PYTHON=1`` switches path 1 o
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -43,6 +42,7 @@ import orjson
 from ledger.accounts import ID_PATTERN, account_type, split_client_account
 from ledger.events import EVENT_TYPES
 from ledger.money import ASSETS
+from ledger.native import PURE_PYTHON
 
 try:
     from projections import _native
@@ -206,7 +206,6 @@ def decode(body: bytes | memoryview) -> Event:
 
 # The C path shares this module's caches and types, so it knows what the Python paths know.
 # PRIMELEDGER_PURE_PYTHON=1 leaves it out (to compare, or where it could not be built).
-PURE_PYTHON: Final = bool(os.environ.get("PRIMELEDGER_PURE_PYTHON"))
 _native_decode: Callable[[bytes], Event | None] | None = None
 native_sum_postings: Callable[[Sequence[Event]], dict[tuple[str, str, str], int]] | None = None
 if _native is not None and not PURE_PYTHON:

@@ -24,12 +24,13 @@ from hypothesis import strategies as st
 
 from ledger import processing
 from ledger.journal import open_sealed
+from ledger.native import PURE_PYTHON
 from ledger.processing import KNOWN_KEYS, RECENT_ENTRIES, Outcome, Processor
 from ledger.state import LedgerState
 from tests.pure_python import run_pure_python
 
 pytestmark = pytest.mark.skipif(
-    processing._fast_transfer is None and bool(os.environ.get("PRIMELEDGER_PURE_PYTHON")),
+    processing._fast_transfer is None and PURE_PYTHON,
     reason="PRIMELEDGER_PURE_PYTHON=1: the C path is switched off",
 )
 
