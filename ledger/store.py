@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.sql import SQL, Identifier, Literal
+from psycopg.sql import SQL, Composed, Identifier, Literal, Placeholder
 
 from ledger.errors import WriterFencedError
 from ledger.events import ledger_id
@@ -107,31 +107,22 @@ class LedgerStore:
         if create:
             self.recorder.create_table()
         self._schema = Identifier(self.datastore.schema)
-        # The batch's SQL as text for the native commit (literals rendered by psycopg).
-        self._heads_table = SQL("{s}.primeledger_heads").format(s=self._schema).as_string()
-        self._ledger_literal = Literal(ledger).as_string()
+        # The batch's statements, once for both paths: psycopg's (with parameters) and the
+        # native commit's text (literals rendered by psycopg).
+        self._copy_events_statement = SQL(
+            "COPY {s}.{t} (originator_id, originator_version, topic, state)"
+            " FROM STDIN (FORMAT BINARY)"
+        ).format(s=self._schema, t=Identifier(EVENTS_TABLE))
+        self._copy_commands_statement = SQL(
+            "COPY {s}.primeledger_commands (ledger, key, command_hash, result)"
+            " FROM STDIN (FORMAT BINARY)"
+        ).format(s=self._schema)
+        self._copy_events_sql = self._copy_events_statement.as_string().encode()
+        self._copy_commands_sql = self._copy_commands_statement.as_string().encode()
         self._lock_sql = "; ".join(
             [_sql_text(statement) for statement in self.recorder.lock_table_statements]
             + [SQL("NOTIFY {0}").format(Identifier(self.recorder.channel_name)).as_string()]
         ).encode()
-        self._copy_events_sql = (
-            SQL(
-                "COPY {s}.{t} (originator_id, originator_version, topic, state)"
-                " FROM STDIN (FORMAT BINARY)"
-            )
-            .format(s=self._schema, t=Identifier(EVENTS_TABLE))
-            .as_string()
-            .encode()
-        )
-        self._copy_commands_sql = (
-            SQL(
-                "COPY {s}.primeledger_commands (ledger, key, command_hash, result)"
-                " FROM STDIN (FORMAT BINARY)"
-            )
-            .format(s=self._schema)
-            .as_string()
-            .encode()
-        )
         self.native_commit = native_commit_available()
 
     def close(self) -> None:
@@ -187,16 +178,11 @@ class LedgerStore:
             return
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
-                SQL(
-                    "UPDATE {s}.primeledger_heads SET head = %s"
-                    " WHERE ledger = %s AND epoch = %s AND head = %s"
-                ).format(s=self._schema),
+                self._head_update(Placeholder(), Placeholder(), Placeholder(), Placeholder()),
                 (new_head, self.ledger, epoch, expected_head),
             )
             if curs.rowcount != 1:
-                raise WriterFencedError(
-                    f"ledger {self.ledger!r}: another writer owns it (epoch {epoch} is stale)"
-                )
+                raise self._fenced(epoch)
             if events:
                 self.recorder._lock_table(curs)
                 self.recorder._notify_channel(curs)
@@ -212,6 +198,19 @@ class LedgerStore:
                     (self.ledger, snapshot[0], snapshot[1]),
                 )
 
+    def _fenced(self, epoch: int) -> WriterFencedError:
+        return WriterFencedError(
+            f"ledger {self.ledger!r}: another writer owns it (epoch {epoch} is stale)"
+        )
+
+    def _head_update(self, new: Any, ledger: Any, epoch: Any, expected: Any) -> Composed:
+        """The head's conditional update that fences a stale writer, with placeholders
+        (psycopg's path) or literals (the native commit's text)."""
+        return SQL(
+            "UPDATE {s}.primeledger_heads SET head = {new}"
+            " WHERE ledger = {ledger} AND epoch = {epoch} AND head = {expected}"
+        ).format(s=self._schema, new=new, ledger=ledger, epoch=epoch, expected=expected)
+
     def _commit_native(
         self,
         epoch: int,
@@ -222,11 +221,8 @@ class LedgerStore:
     ) -> None:
         """``commit_batch``'s transaction, the same statements, sent by C without the GIL."""
         assert _native is not None
-        head = (
-            f"BEGIN; UPDATE {self._heads_table} SET head = {int(new_head)}"
-            f" WHERE ledger = {self._ledger_literal} AND epoch = {int(epoch)}"
-            f" AND head = {int(expected_head)}"
-        ).encode()
+        values = (new_head, self.ledger, epoch, expected_head)
+        head = b"BEGIN; " + self._head_update(*map(Literal, values)).as_string().encode()
         copies: tuple[tuple[bytes, bytes], ...] = ()
         if events:
             copies += ((self._copy_events_sql, _encode_events(self.originator_id.bytes, events)),)
@@ -245,27 +241,17 @@ class LedgerStore:
             if failure is None:
                 return
             if failure[0] == "fenced":
-                raise WriterFencedError(
-                    f"ledger {self.ledger!r}: another writer owns it (epoch {epoch} is stale)"
-                )
+                raise self._fenced(epoch)
             raise _server_error(failure[1], failure[2])
 
     def _copy_events(
         self, curs: psycopg.Cursor[Any], events: Sequence[tuple[int, str, bytes]]
     ) -> None:
-        statement = SQL(
-            "COPY {s}.{t} (originator_id, originator_version, topic, state)"
-            " FROM STDIN (FORMAT BINARY)"
-        ).format(s=self._schema, t=Identifier(EVENTS_TABLE))
-        with curs.copy(statement) as copy:
+        with curs.copy(self._copy_events_statement) as copy:
             copy.write(_encode_events(self.originator_id.bytes, events))
 
     def _copy_commands(self, curs: psycopg.Cursor[Any], commands: Sequence[CommandRecord]) -> None:
-        statement = SQL(
-            "COPY {s}.primeledger_commands (ledger, key, command_hash, result)"
-            " FROM STDIN (FORMAT BINARY)"
-        ).format(s=self._schema)
-        with curs.copy(statement) as copy:
+        with curs.copy(self._copy_commands_statement) as copy:
             copy.write(_encode_commands(self.ledger, commands))
 
     # --- reads ---------------------------------------------------------------------------
