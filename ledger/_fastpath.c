@@ -177,27 +177,22 @@ amount_units(const char *s, Py_ssize_t n, int scale, __int128 *units)
     return 1;
 }
 
-/* Decimal digits of a positive value; returns their count. */
+/* Decimal digits of a positive value; returns their count. 128-bit division only for the
+ * digits while the value is beyond 64 bits (ETH amounts), 64-bit arithmetic for the rest. */
 static int
 digits_of(__int128 value, char *out)
 {
     char tmp[48];
     int n = 0;
-    if (value <= (__int128)UINT64_MAX) { /* the common case, without 128-bit divisions */
-        uint64_t small = (uint64_t)value;
-        do {
-            tmp[n++] = (char)('0' + (int)(small % 10));
-            small /= 10;
-        } while (small > 0);
-        for (int i = 0; i < n; i++) {
-            out[i] = tmp[n - 1 - i];
-        }
-        return n;
-    }
-    do {
+    while (value > (__int128)UINT64_MAX) {
         tmp[n++] = (char)('0' + (int)(value % 10));
         value /= 10;
-    } while (value > 0);
+    }
+    uint64_t small = (uint64_t)value;
+    do {
+        tmp[n++] = (char)('0' + (int)(small % 10));
+        small /= 10;
+    } while (small > 0);
     for (int i = 0; i < n; i++) {
         out[i] = tmp[n - 1 - i];
     }
