@@ -27,6 +27,7 @@ from ledger.store import (
     encode_events,
 )
 from tests.pure_python import run_pure_python
+from tests.test_ledger_integration import sql
 
 try:
     from ledger import _store
@@ -130,21 +131,18 @@ def batch(start: int, size: int, tag: str) -> tuple[list[Any], list[CommandRecor
 
 
 def rows(url: str, ledger: str) -> tuple[list[Any], list[Any], int]:
-    with psycopg.connect(url) as conn:
-        events = conn.execute(
-            f"SELECT originator_version, topic, state FROM {EVENTS_TABLE}"
-            " WHERE originator_id = %s ORDER BY originator_version",
-            (ledger_id(ledger),),
-        ).fetchall()
-        commands = conn.execute(
-            "SELECT key, command_hash, result FROM primeledger_commands"
-            " WHERE ledger = %s ORDER BY key",
-            (ledger,),
-        ).fetchall()
-        head = conn.execute(
-            "SELECT head FROM primeledger_heads WHERE ledger = %s", (ledger,)
-        ).fetchone()
-    assert head is not None
+    events = sql(
+        url,
+        f"SELECT originator_version, topic, state FROM {EVENTS_TABLE}"
+        " WHERE originator_id = %s ORDER BY originator_version",
+        ledger_id(ledger),
+    )
+    commands = sql(
+        url,
+        "SELECT key, command_hash, result FROM primeledger_commands WHERE ledger = %s ORDER BY key",
+        ledger,
+    )
+    (head,) = sql(url, "SELECT head FROM primeledger_heads WHERE ledger = %s", ledger)
     return events, [(k.split("-", 1)[1], h, bytes(r)) for k, h, r in commands], head[0]
 
 
